@@ -1,0 +1,71 @@
+"""Figures that several chapters draw: curves with confidence bands, image grids, episodes."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .stats import mean_ci95
+
+
+def _numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def band(ax, x, values: torch.Tensor, label: str | None = None, dim: int = 0, **kwargs):
+    """Plot the mean of ``values`` over ``dim`` against x, with its 95% interval shaded."""
+    mean, half = mean_ci95(values, dim)
+    x, mean, half = _numpy(x), _numpy(mean), _numpy(half)
+    (line,) = ax.plot(x, mean, label=label, **kwargs)
+    ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def image_grid(images: torch.Tensor, titles=None, ncols: int = 10, size: float = 1.0, cmap: str = "gray_r",
+               suptitle: str | None = None):
+    """A grid of single-channel images ([n, H, W] or [n, 1, H, W]); returns the figure."""
+    images = _numpy(images)
+    if images.ndim == 4:
+        images = images[:, 0]
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * (1.25 if titles else 1.0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap=cmap, vmin=0, vmax=images.max() or 1)
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_episode(batch, index: int = 0, size: float = 1.0):
+    """One N-way K-shot episode of a TaskBatch: D^tr in the top rows, D^ts below, titled by label."""
+    task = batch[index]
+    ways = int(task.y_tr.max()) + 1
+    shots, queries = len(task.y_tr) // ways, len(task.y_ts) // ways
+    # Columns are classes; D^tr's K rows first, then D^ts's Q rows (at most 3 shown).
+    shown_q = min(queries, 3)
+    rows = shots + shown_q
+    fig, axes = plt.subplots(rows, ways, figsize=(size * ways, size * rows * 1.1), squeeze=False)
+    x_tr, x_ts = _numpy(task.x_tr)[:, 0], _numpy(task.x_ts)[:, 0]
+    for c in range(ways):
+        for r in range(rows):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if r < shots:
+                ax.imshow(x_tr[c * shots + r], cmap="gray_r", vmin=0, vmax=1)
+                if r == 0:
+                    ax.set_title(f"label {c}", fontsize=9)
+            else:
+                ax.imshow(x_ts[c * queries + r - shots], cmap="Blues", vmin=0, vmax=1)
+            if c == 0:
+                ax.set_ylabel("$D^{tr}$" if r < shots else "$D^{ts}$", fontsize=9)
+    fig.tight_layout()
+    return fig

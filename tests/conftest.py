@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlcourse import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    """The folder with the two official Omniglot zips, $MLCOURSE_DATA/omniglot (make sets
+    MLCOURSE_DATA to ../shared/data where it exists; elsewhere the zips are downloaded once)."""
+    from mlcourse.tasks import load_omniglot
+
+    folder = runtime.data_dir() / "omniglot"
+    load_omniglot(folder, device="cpu")  # downloads what is missing, with a clear error offline
+    return folder
+
+
+@pytest.fixture(scope="session")
+def omniglot(omniglot_dir):
+    from mlcourse.tasks import load_omniglot
+
+    return load_omniglot(omniglot_dir, device="cpu")
