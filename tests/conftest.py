@@ -7,6 +7,10 @@ from mlcourse import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The tests use small tensors: one thread per test process avoids oversubscribing the cores when
+# pytest-xdist runs several processes.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seeded():

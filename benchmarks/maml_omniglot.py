@@ -1,0 +1,51 @@
+"""Meta-iterations per second of MAML on 5-way 1-shot Omniglot with Conv4 (meta-batch 32, one inner
+step, 15 queries per class by default), for each way of running a meta-batch: vmap over tasks
+and a loop over tasks, on the CPU and on CUDA when there is one, in the same run. The package's
+"auto" choice picks the faster by device; this script is the measurement behind that choice.
+
+    python benchmarks/maml_omniglot.py [--tasks 32] [--queries 15] [--iterations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mlcourse import runtime
+from mlcourse.meta.functional import choose_execution
+from mlcourse.meta.maml import MAML
+from mlcourse.nets import Conv4
+from mlcourse.profile import seconds
+from mlcourse.tasks import EpisodeSampler, load_omniglot
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--iterations", type=int, default=None)
+    args = parser.parse_args()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    omniglot = load_omniglot(device="cpu")
+    train = omniglot.images[omniglot.split()["train"]]
+    print(f"torch {torch.__version__}; 5-way {args.shots}-shot, {args.queries} queries/class, meta-batch "
+          f"{args.tasks}, Conv4, second-order MAML with 1 inner step (α = 0.4)")
+    print(f"{'device':>6} | {'execution':>9} | {'s/iter':>8} | {'iter/s':>7} | auto picks")
+    for device in devices:
+        sampler = EpisodeSampler(train, 5, args.shots, args.queries, rotations=True, device=device)
+        repeats = args.iterations or (3 if device.type == "cpu" else 20)
+        for execution in ("vmap", "loop"):
+            maml = MAML(Conv4(5), "cross_entropy", inner_lr=0.4, inner_steps=1, execution=execution)
+            theta = maml.init_params(device)
+            optimizer = torch.optim.Adam(theta.values(), lr=1e-3)
+            batch = sampler.sample(args.tasks)
+            s = seconds(lambda: maml.step(theta, optimizer, batch), device, repeats=repeats)
+            auto = choose_execution("auto", maml.net, device)
+            print(f"{device.type:>6} | {execution:>9} | {s:8.4f} | {1 / s:7.2f} | {'<-' if auto == execution else ''}")
+
+
+if __name__ == "__main__":
+    runtime.seed(0)
+    main()
