@@ -20,7 +20,8 @@ def capture(step: Step, warmup: int = 3) -> Step:
     """A function that replays ``step`` as a CUDA graph and returns its (static) metric tensors.
 
     ``step()`` runs ``warmup`` times on a side stream first (these are real training steps, as
-    CUDA graphs require), then once more while being captured.
+    CUDA graphs require), then once more while being captured; a captured call only records its
+    kernels, so after ``capture`` the model has taken ``warmup`` steps.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("CUDA graphs need a CUDA device; on other devices call the step directly.")
@@ -38,7 +39,7 @@ def capture(step: Step, warmup: int = 3) -> Step:
         graph.replay()
         return metrics
 
-    replay.warmup_steps = warmup + 1  # steps already taken by capturing
+    replay.warmup_steps = warmup  # real steps already taken while capturing
     return replay
 
 

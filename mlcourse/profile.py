@@ -56,25 +56,31 @@ def _heap_in_use():
     return info.uordblks + info.hblkhd  # small blocks in use + large mmap'd blocks
 
 
-def peak_bytes(forward: Callable[[], torch.Tensor], device: torch.device) -> int | None:
-    """Memory needed by ``forward()`` (which returns a loss holding its graph) and its backward.
+def peak_bytes(forward: Callable[[], object], device: torch.device) -> int | None:
+    """Memory needed by ``forward()`` and, when it returns a loss that holds a graph, its backward.
 
-    CUDA: peak allocated during forward and backward, minus what was allocated before.
-    CPU: heap in use after forward (graph alive), minus before. See the module docstring.
+    CUDA: peak allocated during the call (and the backward), minus what was allocated before.
+    CPU: heap in use just after ``forward()`` (its result, and the graph, still alive), minus
+    before. See the module docstring.
     """
     gc.collect()
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        forward().backward()
+        _backward(forward())
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - before
     before = _heap_in_use()
     if before is None:
         return None
-    loss = forward()
+    result = forward()
     after = _heap_in_use()
-    loss.backward()
-    del loss
+    _backward(result)
+    del result
     return max(0, after - before)
+
+
+def _backward(result) -> None:
+    if isinstance(result, torch.Tensor) and result.requires_grad:
+        result.backward()

@@ -1,0 +1,79 @@
+import os
+
+import pytest
+import torch
+
+from mlcourse import train
+
+
+def _problem(seed=0):
+    torch.manual_seed(seed)
+    theta = {"w": torch.randn(3, requires_grad=True)}
+    optimizer = torch.optim.Adam(theta.values(), lr=0.1)
+    target = torch.tensor([1.0, -2.0, 0.5])
+
+    def step(it):
+        optimizer.zero_grad()
+        loss = (theta["w"] - target).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach()}
+
+    return theta, optimizer, step
+
+
+def test_history_logs_means_and_evaluations():
+    theta, optimizer, step = _problem()
+    history = train.fit(step, 50, log_every=10, evaluate=lambda it: {"w0": float(theta["w"][0])}, eval_every=20,
+                        progress=False)
+    iterations, losses = history.curve("loss")
+    assert list(iterations) == [10, 20, 30, 40, 50] and losses[-1] < losses[0]
+    assert [r["iteration"] for r in history.eval] == [20, 40, 50]
+    assert history.seconds > 0
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    theta, optimizer, step = _problem()
+    train.fit(step, 60, progress=False)
+    uninterrupted = theta["w"].detach().clone()
+
+    theta, optimizer, step = _problem()
+    path = tmp_path / "run.pt"
+    train.fit(step, 30, checkpoint=path, state={"theta": theta, "optimizer": optimizer}, progress=False)
+    theta, optimizer, step = _problem(seed=1)   # a fresh process would start from other numbers
+    history = train.fit(step, 60, checkpoint=path, state={"theta": theta, "optimizer": optimizer}, progress=False,
+                        log_every=10)
+    torch.testing.assert_close(theta["w"].detach(), uninterrupted)
+    assert history.train[-1]["iteration"] == 60
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    train.save_atomically({"a": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_atomically({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1}
+
+
+def test_divergence_reports_the_first_bad_iteration():
+    def step(it):
+        return {"loss": torch.tensor(float("nan") if it >= 37 else 1.0)}
+
+    with pytest.raises(train.DivergenceError, match="at iteration 37. try a smaller step"):
+        train.fit(step, 100, log_every=50, progress=False, hint="try a smaller step")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="iterations must be an int >= 0"):
+        train.fit(lambda it: {}, -1, progress=False)
+    with pytest.raises(ValueError, match="a checkpoint needs state"):
+        train.fit(lambda it: {}, 1, checkpoint="x.pt", progress=False)
+    with pytest.raises(TypeError, match="cannot checkpoint 'n' of type int"):
+        train._state_dict({"n": 3})
