@@ -1,0 +1,116 @@
+"""MAML for RL at the papers' scale: 2D navigation and the half-cheetah velocity and direction tasks.
+
+Finn et al. (2017) show these results as curves; the numbers the book compares with are those of
+the re-run of MAML-TRPO in Raghu et al. (2020, ANIL): average return after one adaptation step of
+−20.3 ± 3.2 (2D navigation), −139.0 (half-cheetah velocity) and 170.4 (half-cheetah direction).
+
+    python -m mlcourse.reproduce maml-rl-navigation            # GPU: a few minutes
+    python -m mlcourse.reproduce maml-rl-cheetah-velocity      # MuJoCo on the CPU: hours, see notes
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..reproduce import experiment
+from ..stats import mean_ci95
+from ..train import fit
+
+# Finn et al. 2017, appendix A.2 and the reference code: α = 0.1, 20 trajectories per task, meta-batch
+# 20 (navigation) or 40 (locomotion), TRPO with δ = 0.01, γ = 0.99, λ = 1, policy 100-100 ReLU.
+NAVIGATION = {
+    "paper": dict(iterations=500, tasks=20, trajectories=20, horizon=100, hidden=(100, 100), fisher_fraction=1.0,
+                  eval_tasks=40),
+    "book": dict(iterations=100, tasks=20, trajectories=20, horizon=100, hidden=(64, 64), fisher_fraction=0.25,
+                 eval_tasks=40),
+    "quick": dict(iterations=2, tasks=2, trajectories=2, horizon=10, hidden=(8,), fisher_fraction=1.0, eval_tasks=4),
+}
+CHEETAH = {
+    "paper": dict(iterations=500, tasks=40, trajectories=20, horizon=200, hidden=(100, 100), fisher_fraction=1.0,
+                  eval_tasks=40),
+    "book": dict(iterations=10, tasks=10, trajectories=10, horizon=200, hidden=(100, 100), fisher_fraction=0.25,
+                 eval_tasks=10),
+    "quick": dict(iterations=1, tasks=2, trajectories=2, horizon=10, hidden=(8,), fisher_fraction=1.0, eval_tasks=2),
+}
+
+
+def _metric(values: torch.Tensor, paper=None, unit="return") -> dict:
+    mean, half = mean_ci95(values.detach().cpu())
+    return {"value": float(mean), "ci95": float(half), "paper": paper, "unit": unit}
+
+
+def train(env, settings: dict, inner_steps: int = 1, progress: bool = False, desc: str = "MAML-TRPO"):
+    """Meta-train θ with MAML-TRPO (inner_steps=0: multi-task TRPO, the pretrained baseline)."""
+    from ..rl.maml_rl import MAMLRL
+    from ..rl.policy import GaussianPolicy
+    from ..rl.trpo import TRPO
+
+    policy = GaussianPolicy(env.obs_dim, env.act_dim, hidden=settings["hidden"]).to(env.device)
+    learner = MAMLRL(env, policy, inner_lr=0.1, trajectories=settings["trajectories"], gamma=0.99, gae_lambda=1.0,
+                     inner_steps=inner_steps)
+    theta = learner.init_params()
+    trpo = TRPO(max_kl=0.01, fisher_fraction=settings["fisher_fraction"])
+    history = fit(lambda it: learner.step(theta, trpo, env.sample_tasks(settings["tasks"])),
+                  settings["iterations"], log_every=max(1, settings["iterations"] // 20), progress=progress, desc=desc)
+    return learner, theta, history
+
+
+def _run(env, settings: dict, paper_after: float, baselines: bool) -> dict:
+    learner, theta, history = train(env, settings)
+    eval_goals = env.sample_tasks(settings["eval_tasks"])
+    curve = learner.adaptation_curve(theta, eval_goals, steps=1)
+    metrics = {"return_after_1_step": _metric(curve[:, 1], paper_after),
+               "return_before_adaptation": _metric(curve[:, 0])}
+    if baselines:
+        _, pretrained, _ = train(env, settings, inner_steps=0)
+        random_init = learner.init_params()
+        metrics["pretrained_after_1_step"] = _metric(learner.adaptation_curve(pretrained, eval_goals, steps=1)[:, 1])
+        metrics["random_init_after_1_step"] = _metric(learner.adaptation_curve(random_init, eval_goals, steps=1)[:, 1])
+    its, after = history.curve("return_after")
+    return {"metrics": metrics, "settings": {**settings, "inner_lr": 0.1, "max_kl": 0.01, "gamma": 0.99,
+                                             "gae_lambda": 1.0, "estimator": "dice"},
+            "curve": {"iteration": its.tolist(), "return_after": after.tolist(),
+                      "return_before": history.curve("return_before")[1].tolist()}}
+
+
+@experiment("maml-rl-navigation", title="MAML-TRPO on 2D navigation: return after one policy-gradient step",
+            paper="raghu2020anil", gpu_minutes=4)
+def navigation(scale: str, device) -> dict:
+    from ..rl.navigation import Navigation2D
+
+    settings = NAVIGATION[scale]
+    env = Navigation2D(horizon=settings["horizon"], device=device)
+    result = _run(env, settings, paper_after=-20.3, baselines=True)
+    result["notes"] = ("Evaluation on new goals, 20 trajectories each, one step α = 0.1; 95% interval over tasks. "
+                       "Baselines: multi-task TRPO on the same task distribution (pretrained) and the random "
+                       "initialisation, each adapted with the same step. Paper value: the MAML re-run of "
+                       "Raghu et al. (2020), -20.3 ± 3.2; Finn et al. (2017) show the curve only.")
+    return result
+
+
+def _cheetah(kind: str, scale: str, device, paper_after: float) -> dict:
+    from ..rl.cheetah import HalfCheetahTasks
+
+    settings = CHEETAH[scale]
+    env = HalfCheetahTasks(kind, horizon=settings["horizon"], device=device)
+    try:
+        result = _run(env, settings, paper_after=paper_after, baselines=False)
+    finally:
+        env.close()
+    result["notes"] = (f"Half-cheetah {kind} (gymnasium HalfCheetah-v5, reward of Finn et al. 2017). MuJoCo runs "
+                       "on the CPU through a SyncVectorEnv: at the paper's scale one meta-iteration simulates "
+                       "320,000 steps, about a minute on one core, so the run takes hours whatever the GPU; "
+                       "it needs gymnasium[mujoco] on the machine. Paper value: the MAML re-run of Raghu et al. (2020).")
+    return result
+
+
+@experiment("maml-rl-cheetah-velocity", title="MAML-TRPO on half-cheetah goal velocity: return after one step",
+            paper="raghu2020anil", gpu_minutes=540)
+def cheetah_velocity(scale: str, device) -> dict:
+    return _cheetah("velocity", scale, device, -139.0)
+
+
+@experiment("maml-rl-cheetah-direction", title="MAML-TRPO on half-cheetah goal direction: return after one step",
+            paper="raghu2020anil", gpu_minutes=540)
+def cheetah_direction(scale: str, device) -> dict:
+    return _cheetah("direction", scale, device, 170.4)

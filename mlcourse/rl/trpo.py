@@ -1,0 +1,132 @@
+"""Trust-region steps (Schulman et al. 2015) for any differentiable objective of a parameter dict.
+
+TRPO maximises a surrogate L(θ) subject to a bound on the average KL divergence between the old
+and the new policy, KL ≤ δ. Linearising L and taking the KL to second order gives the step
+θ ← θ + √(2δ / sᵀFs) · s with s = F⁻¹∇L, where F is the Hessian of the KL at the old θ (the
+Fisher information). F is never formed: conjugate gradient solves F s = ∇L from products F v,
+each one a second backward pass through ∇KL. A backtracking line search then shrinks the step
+until the surrogate improves and the exact KL is within δ.
+
+MAML uses TRPO as its meta-optimiser (Finn et al. 2017): there L and KL are functions of θ through
+the adapted parameters φ_i(θ), so F v differentiates through the inner step too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..checks import check_count, check_positive
+from ..nets import Params
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflat(vector: torch.Tensor, like: Params) -> Params:
+    out, start = {}, 0
+    for k, p in like.items():
+        out[k] = vector[start:start + p.numel()].view_as(p)
+        start += p.numel()
+    return out
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10) -> torch.Tensor:
+    """x ≈ A⁻¹b for a symmetric positive definite A given only as v ↦ Av, after ``iters`` steps.
+
+    A fixed number of steps and no host synchronisation (as in the reference code, 10 steps).
+    """
+    check_count("cg iterations", iters)
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r @ r
+    tiny = torch.finfo(b.dtype).tiny
+    for _ in range(iters):
+        ap = matvec(p)
+        alpha = rr / (p @ ap).clamp(min=tiny)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + torch.where(rr > tiny, rr_new / rr.clamp(min=tiny), torch.zeros_like(rr)) * p
+        rr = rr_new
+    return x
+
+
+class TRPO:
+    """The KL-constrained step: max_kl δ = 0.01, 10 conjugate-gradient steps with damping 1e-5,
+    line search shrinking the step by 0.8 up to 15 times (the settings of the reference code).
+
+    fisher_fraction < 1 computes the Fisher-vector products on that share of the data (rllab's
+    ``subsample_factor``): the products are the costly part of the step, the Fisher only shapes
+    the step's direction and length, and the line search checks the exact KL on all the data.
+    """
+
+    def __init__(self, max_kl: float = 0.01, cg_iters: int = 10, cg_damping: float = 1e-5,
+                 backtrack: float = 0.8, line_search_steps: int = 15, fisher_fraction: float = 1.0):
+        self.max_kl = check_positive("max_kl (δ)", max_kl)
+        self.fisher_fraction = float(fisher_fraction)
+        if not 0 < self.fisher_fraction <= 1:
+            raise ValueError(f"fisher_fraction must lie in (0, 1] (the share of the data used for the "
+                             f"Fisher-vector products), got {fisher_fraction!r}.")
+        self.cg_iters = check_count("cg_iters", cg_iters)
+        self.cg_damping = float(cg_damping)
+        if self.cg_damping < 0:
+            raise ValueError(f"cg_damping must be >= 0, got {cg_damping!r}.")
+        self.backtrack = float(backtrack)
+        if not 0 < self.backtrack < 1:
+            raise ValueError(f"backtrack must lie in (0, 1), got {backtrack!r}.")
+        self.line_search_steps = check_count("line_search_steps", line_search_steps)
+
+    def __repr__(self) -> str:
+        return f"TRPO(max_kl={self.max_kl}, cg_iters={self.cg_iters}, line_search_steps={self.line_search_steps})"
+
+    def step(self, theta: Params, objective: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+             fisher_kl: Callable[[], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One trust-region step on θ (updated in place).
+
+        objective(): (surrogate L, KL) at the current θ, as scalars differentiable in θ; the KL is
+        measured from the policy of the θ at the time of the call to ``step``.
+        fisher_kl(): the KL whose Hessian at θ gives the Fisher-vector products (e.g. on a subsample
+        of the data); default: the KL of ``objective``.
+        Returns the surrogate improvement, the KL of the accepted step and the fraction of the full
+        step taken (0 when the line search found no acceptable step and θ was left unchanged).
+        """
+        params = list(theta.values())
+        surrogate, kl = objective()
+        g = flat(torch.autograd.grad(surrogate, params, retain_graph=True))
+        if fisher_kl is not None:
+            kl = fisher_kl()
+        grad_kl = flat(torch.autograd.grad(kl, params, create_graph=True))
+
+        def fisher_vector(v):
+            hv = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
+            return flat(hv) + self.cg_damping * v
+
+        direction = conjugate_gradient(fisher_vector, g, self.cg_iters)
+        curvature = direction @ fisher_vector(direction)
+        scale = torch.sqrt(2 * self.max_kl / curvature.clamp(min=1e-12))
+        full_step = (scale * direction).detach()
+        start = flat(params).detach()
+        before = surrogate.detach()
+        del grad_kl
+        with torch.no_grad():
+            for k in range(self.line_search_steps):
+                fraction = self.backtrack**k
+                self._assign(theta, start + fraction * full_step)
+                new_surrogate, new_kl = objective()
+                improvement = new_surrogate - before
+                # The one host synchronisation of the step: the line search must decide.
+                if bool((improvement > 0) & (new_kl <= self.max_kl)):
+                    return {"improvement": improvement, "kl": new_kl,
+                            "step_fraction": torch.tensor(fraction, device=start.device)}
+            self._assign(theta, start)
+        zero = torch.zeros((), device=start.device)
+        return {"improvement": zero, "kl": zero, "step_fraction": zero}
+
+    @staticmethod
+    def _assign(theta: Params, vector: torch.Tensor) -> None:
+        for p, v in zip(theta.values(), unflat(vector, theta).values()):
+            p.copy_(v)
+
