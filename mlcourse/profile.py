@@ -1,11 +1,13 @@
 """Time and memory of one training step, measured the same way on CPU and GPU.
 
 - :func:`seconds` times a call (median of repeats, CUDA synchronised).
-- :func:`peak_bytes` measures the memory a step needs. On CUDA it is the allocator's peak during
-  the step, above what was allocated before. On the CPU torch keeps no such counter, so it is the
-  heap memory in use (glibc's ``mallinfo2``) at the moment the forward pass has built its
-  autograd graph, above what was in use before: the memory that grows with MAML's inner steps.
-  Where ``mallinfo2`` is missing (macOS, Windows) it returns None.
+- :func:`peak_bytes` measures the memory a call needs at its peak, above what was in use before
+  it. On CUDA it is the caching allocator's own peak counter. The CPU has no such counter, so a
+  background thread samples the heap memory in use (glibc's ``mallinfo2``: bytes handed out by
+  ``malloc``, whether small blocks or large mapped ones, not memory merely cached) every 0.2 ms
+  and keeps the largest value; torch releases the interpreter lock inside its kernels, so the
+  sampler runs while they do. Where ``mallinfo2`` is missing (macOS, Windows, musl) it returns
+  None.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import ctypes.util
 import gc
 import statistics
+import threading
 import time
 from typing import Callable
 
@@ -45,42 +48,51 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
-def _heap_in_use():
+def _mallinfo2():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        mallinfo2 = libc.mallinfo2
+        function = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
     except (OSError, AttributeError, TypeError):
         return None
-    mallinfo2.restype = _MallInfo2
-    info = mallinfo2()
-    return info.uordblks + info.hblkhd  # small blocks in use + large mmap'd blocks
+    function.restype = _MallInfo2
+    return function
 
 
-def peak_bytes(forward: Callable[[], object], device: torch.device) -> int | None:
-    """Memory needed by ``forward()`` and, when it returns a loss that holds a graph, its backward.
+_MALLINFO2 = _mallinfo2()
 
-    CUDA: peak allocated during the call (and the backward), minus what was allocated before.
-    CPU: heap in use just after ``forward()`` (its result, and the graph, still alive), minus
-    before. See the module docstring.
-    """
+
+def heap_in_use() -> int | None:
+    """Bytes currently allocated by malloc in this process (None where mallinfo2 is missing)."""
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return info.uordblks + info.hblkhd
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device, interval: float = 2e-4) -> int | None:
+    """Peak memory in use during ``fn()`` above what was in use before (see the module docstring)."""
     gc.collect()
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        _backward(forward())
+        fn()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - before
-    before = _heap_in_use()
+    before = heap_in_use()
     if before is None:
         return None
-    result = forward()
-    after = _heap_in_use()
-    _backward(result)
-    del result
-    return max(0, after - before)
+    peak, running = [before], threading.Event()
 
+    def sample():
+        while not running.is_set():
+            peak[0] = max(peak[0], heap_in_use())
+            time.sleep(interval)
 
-def _backward(result) -> None:
-    if isinstance(result, torch.Tensor) and result.requires_grad:
-        result.backward()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        running.set()
+        sampler.join()
+    return max(peak[0], heap_in_use()) - before

@@ -24,7 +24,7 @@ def _problem(seed=0):
 
 def test_history_logs_means_and_evaluations():
     theta, optimizer, step = _problem()
-    history = train.fit(step, 50, log_every=10, evaluate=lambda it: {"w0": float(theta["w"][0])}, eval_every=20,
+    history = train.fit(step, 50, log_every=10, evaluate=lambda it: {"w0": float(theta["w"][0].detach())}, eval_every=20,
                         progress=False)
     iterations, losses = history.curve("loss")
     assert list(iterations) == [10, 20, 30, 40, 50] and losses[-1] < losses[0]

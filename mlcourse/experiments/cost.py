@@ -1,16 +1,23 @@
-"""Time and memory of one meta-iteration against the number of inner steps, for MAML, first-order
-MAML and Reptile (and, later, iMAML), in the sinusoid and the Omniglot setting. Shared by the
-chapters' figures and ``benchmarks/maml_memory.py``."""
+"""Time and peak memory of one meta-iteration against the number of inner steps, for MAML,
+first-order MAML, Reptile and iMAML, in the sinusoid and the Omniglot setting. Shared by the
+chapters' figures and the benchmarks.
+
+Memory is the peak in use during one meta-gradient, above what was in use before it (see
+:mod:`mlcourse.profile` for how it is measured on each device).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ..meta.imaml import IMAML
 from ..meta.maml import MAML
 from ..meta.reptile import Reptile
 from ..nets import MLP, Conv4
 from ..profile import peak_bytes, seconds
 from ..tasks import EpisodeSampler, SinusoidFamily, TaskBatch
+
+METHODS = ("maml", "fomaml", "reptile", "imaml")
 
 
 def setting_batch(setting: str, tasks: int, device, generator=None) -> tuple[torch.nn.Module, str, TaskBatch]:
@@ -32,26 +39,33 @@ def learner(method: str, net, loss: str, steps: int, alpha: float):
         return MAML(net, loss, inner_lr=alpha, inner_steps=steps, first_order=method == "fomaml")
     if method == "reptile":
         return Reptile(net, loss, inner_lr=alpha, inner_steps=steps)
-    raise ValueError(f"method must be 'maml', 'fomaml' or 'reptile', got {method!r}.")
+    if method == "imaml":
+        return IMAML(net, loss, lam=2.0, inner_lr=alpha, inner_steps=steps, cg_steps=5, on_cg_failure="ignore")
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 
 def meta_iteration_cost(method: str, setting: str, steps: int, device, tasks: int = 25,
                         repeats: int = 3) -> tuple[float, int | None]:
-    """(seconds, bytes) of one meta-gradient computation: see :mod:`mlcourse.profile` for what
-    the bytes mean on each device. Reptile keeps no graph: its bytes are those of its task solutions."""
-    net, loss, batch = setting_batch(setting, tasks, device, torch.Generator().manual_seed(0))
-    alpha = 0.01 if setting == "sinusoid" else 0.4
-    method_learner = learner(method, net, loss, steps, alpha)
-    theta = method_learner.init_params(device)
+    """(seconds, peak bytes) of one meta-gradient."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     device = torch.device(device)
+    alpha = 0.01 if setting == "sinusoid" else 0.1
 
-    if method == "reptile":
-        def forward():  # the task solutions φ_i: Reptile keeps no graph
-            return method_learner.solutions(theta, batch)
-    else:
-        def forward():  # the meta-loss, holding the graph through the inner steps
-            return method_learner.meta_loss(theta, batch)[0]
+    def prepare(tasks, steps):
+        net, loss, batch = setting_batch(setting, tasks, device, torch.Generator().manual_seed(0))
+        method_learner = learner(method, net, loss, steps, alpha)
+        theta = method_learner.init_params(device)
 
-    peak_bytes(forward, device)  # warm-up: first calls allocate workspaces once
-    memory = peak_bytes(forward, device)
-    return seconds(lambda: method_learner.meta_gradient(theta, batch), device, repeats=repeats), memory
+        def meta_gradient():
+            if isinstance(method_learner, MAML):
+                method_learner.meta_loss(theta, batch)[0].backward()
+            else:
+                method_learner.meta_gradient(theta, batch)
+
+        return meta_gradient
+
+    prepare(1, 1)()  # one-time costs (lazy imports, thread pools, workspaces) stay out of the numbers
+    meta_gradient = prepare(tasks, steps)
+    memory = peak_bytes(meta_gradient, device)
+    return seconds(meta_gradient, device, repeats=repeats), memory

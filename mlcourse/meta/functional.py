@@ -49,15 +49,20 @@ def lr_for(lr: LearningRate, name: str):
     return lr[name] if isinstance(lr, dict) else lr
 
 
-def sgd_steps(loss: LossFn, params: Params, x, y, lr: LearningRate, steps: int) -> Params:
+def sgd_steps(loss: LossFn, params: Params, x, y, lr: LearningRate, steps: int,
+              proximal: tuple[Params, float] | None = None) -> Params:
     """φ after ``steps`` steps of φ ← φ − α ∇φ L(φ, (x, y)), starting from ``params``.
 
+    ``proximal=(θ, λ)`` adds the term λ/2 ‖φ − θ‖² to the loss (iMAML's inner problem).
     Written with ``torch.func.grad``, so it works inside ``vmap`` and stays differentiable with
     respect to ``params`` (and α): that is what lets MAML differentiate through adaptation.
     """
     gradient = grad(loss)
     for _ in range(steps):
         g = gradient(params, x, y)
+        if proximal is not None:
+            anchor, lam = proximal
+            g = {k: g[k] + lam * (params[k] - anchor[k]) for k in g}
         params = {k: p - lr_for(lr, k) * g[k] for k, p in params.items()}
     return params
 
@@ -66,25 +71,33 @@ def has_conv(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
 
 
-def choose_execution(execution: str, net: nn.Module, device: torch.device) -> str:
-    """``"vmap"`` or ``"loop"`` for a meta-batch on ``device``.
+# Examples per task up to which vmap beats a loop for convolutional nets on the CPU.
+SMALL_CONV_TASK = 16
+
+
+def choose_execution(execution: str, net: nn.Module, device: torch.device, examples_per_task: int | None = None) -> str:
+    """``"vmap"`` or ``"loop"`` for a batch of tasks on ``device``.
 
     Both compute the same thing (the tests check it); the choice is speed. Measured with
-    ``benchmarks/maml_sinusoid.py`` and ``benchmarks/maml_omniglot.py``: vmap wins for the MLP
-    everywhere and for Conv4 on CUDA; on CPU, vmap turns Conv4's per-task convolutions into
-    grouped convolutions that run slower than a loop over tasks.
+    ``benchmarks/maml_omniglot.py`` and ``benchmarks/finetune_vectorised.py``: vmap wins for the
+    MLP everywhere and for Conv4 on CUDA. On the CPU, vmap turns Conv4's per-task convolutions into
+    grouped convolutions: about 1.3x faster than a loop for tasks of 10 images (Python overhead
+    dominates), about 3x slower for tasks of 50 to 80 images. So "auto" loops over tasks only for
+    convolutional nets on the CPU with more than ``SMALL_CONV_TASK`` examples per task (or an unknown
+    number).
     """
     if execution not in ("auto", "vmap", "loop"):
         raise ValueError(f"execution must be 'auto', 'vmap' or 'loop', got {execution!r}.")
     if execution != "auto":
         return execution
-    return "loop" if device.type == "cpu" and has_conv(net) else "vmap"
+    small = examples_per_task is not None and examples_per_task <= SMALL_CONV_TASK
+    return "loop" if device.type == "cpu" and has_conv(net) and not small else "vmap"
 
 
 def map_tasks(fn, execution: str, shared: tuple, per_task: tuple):
     """fn(*shared, *task_i) for every task i, stacked. ``per_task`` holds tensors (or dicts of
-    tensors) with a leading task dimension; ``execution`` is "vmap" or "loop". fn returns a tensor
-    or a dict of tensors."""
+    tensors) with a leading task dimension; ``execution`` is "vmap" or "loop". fn returns a tensor,
+    or dicts and tuples of tensors."""
     if execution == "vmap":
         return vmap(fn, in_dims=(None,) * len(shared) + (0,) * len(per_task))(*shared, *per_task)
 
@@ -93,27 +106,35 @@ def map_tasks(fn, execution: str, shared: tuple, per_task: tuple):
 
     first = per_task[0]
     tasks = next(iter(first.values())).shape[0] if isinstance(first, dict) else first.shape[0]
-    results = [fn(*shared, *(index(t, i) for t in per_task)) for i in range(tasks)]
-    if isinstance(results[0], dict):
-        return {k: torch.stack([r[k] for r in results]) for k in results[0]}
+    return _stack([fn(*shared, *(index(t, i) for t in per_task)) for i in range(tasks)])
+
+
+def _stack(results: list):
+    """Stack a list of equally structured results (tensors, dicts or tuples of them)."""
+    first = results[0]
+    if isinstance(first, dict):
+        return {k: _stack([r[k] for r in results]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_stack([r[i] for r in results]) for i in range(len(first)))
     return torch.stack(results)
 
 
 def adaptation_curve(net: nn.Module, kind: str, theta: Params, batch, steps: int, lr: LearningRate,
-                     execution: str = "auto") -> dict[str, torch.Tensor]:
+                     execution: str = "auto", lam: float | None = None) -> dict[str, torch.Tensor]:
     """Query metrics of every task of ``batch`` after 0, 1, ..., ``steps`` steps of gradient descent
-    from θ on its D^tr (test-time adaptation): tensors of shape [tasks, steps + 1]. No graph to θ."""
+    from θ on its D^tr (test-time adaptation): tensors of shape [tasks, steps + 1]. No graph to θ.
+    ``lam`` adds iMAML's proximal term λ/2 ‖φ − θ‖² to the adaptation loss."""
     steps = check_count("steps", steps, minimum=0)
     loss = task_loss(net, kind)
     start = {k: p.detach() for k, p in theta.items()}
     lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
 
     def curve(params, x_tr, y_tr, x_ts, y_ts):
-        points = [task_metrics(net, kind, params, x_ts, y_ts)]
+        anchor, points = params, [task_metrics(net, kind, params, x_ts, y_ts)]
         for _ in range(steps):
-            params = sgd_steps(loss, params, x_tr, y_tr, lr, 1)
+            params = sgd_steps(loss, params, x_tr, y_tr, lr, 1, None if lam is None else (anchor, lam))
             points.append(task_metrics(net, kind, params, x_ts, y_ts))
         return {k: torch.stack([p[k] for p in points]) for k in points[0]}
 
-    execution = choose_execution(execution, net, batch.device)
+    execution = choose_execution(execution, net, batch.device, batch.shots + batch.queries)
     return map_tasks(curve, execution, (start,), (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))

@@ -102,7 +102,7 @@ class MAML:
         """Per-task query metrics after adaptation, each of shape [tasks]; differentiable in θ."""
         check_batch(theta, batch)
         lr = self.inner_lr if inner_lr is None else inner_lr
-        execution = choose_execution(self.execution, self.net, batch.device)
+        execution = choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
         return map_tasks(self._task, execution, (theta, lr), (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
 
     def meta_loss(self, theta: Params, batch: TaskBatch, inner_lr: LearningRate | None = None):

@@ -95,7 +95,7 @@ class Reptile:
         batch_size = self.inner_batch if batch_size is None else check_count("batch_size", batch_size)
         x_steps, y_steps = self._minibatches(batch.x_tr, batch.y_tr, steps, batch_size, generator)
         start = {k: p.detach() for k, p in theta.items()}
-        execution = choose_execution(self.execution, self.net, batch.device)
+        execution = choose_execution(self.execution, self.net, batch.device, batch.shots)
         return map_tasks(self._solve, execution, (start,), (x_steps, y_steps))
 
     def meta_gradient(self, theta: Params, batch: TaskBatch, generator=None) -> Params:
@@ -116,7 +116,7 @@ class Reptile:
 
     def query_metrics(self, phi: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Metrics of stacked task parameters φ_i on each task's D^ts, each of shape [tasks]."""
-        execution = choose_execution(self.execution, self.net, batch.device)
+        execution = choose_execution(self.execution, self.net, batch.device, batch.queries)
         return map_tasks(lambda params, x, y: task_metrics(self.net, self.loss_kind, params, x, y),
                          execution, (), (phi, batch.x_ts, batch.y_ts))
 

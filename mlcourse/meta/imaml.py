@@ -1,0 +1,201 @@
+"""Implicit MAML (Rajeswaran et al. 2019): meta-gradients with memory that does not grow with the
+number of inner steps.
+
+Adaptation solves a proximally regularised problem,
+
+    φ_i = argmin_φ  L(φ, D_i^tr) + λ/2 ‖φ − θ‖²,
+
+approximately, by gradient descent from θ, without recording a graph. At the solution
+∇L(φ_i) + λ(φ_i − θ) = 0; differentiating this identity with respect to θ (the implicit function
+theorem) gives dφ_i/dθ = (I + H_i/λ)^{-1}, with H_i the Hessian of the training loss at φ_i. So
+
+    ∇θ L(φ_i, D_i^ts) = (I + H_i/λ)^{-1} ∇φ L(φ_i, D_i^ts),
+
+which conjugate gradient solves with a few Hessian-vector products, never forming H_i. Nothing
+of the inner loop is kept: memory and the meta-gradient's cost are independent of the inner steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.func import grad, jvp
+
+from ..checks import check_count, check_positive
+from ..nets import Params, check_functional, init_params
+from ..tasks import TaskBatch
+from .functional import adaptation_curve, choose_execution, map_tasks, sgd_steps, task_loss, task_metrics
+from .maml import check_batch
+
+
+def _dot(a: Params, b: Params) -> torch.Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def conjugate_gradient(matvec, b: Params, steps: int) -> tuple[Params, torch.Tensor]:
+    """Approximately solve A x = b for symmetric positive definite A given as ``matvec``, with
+    ``steps`` iterations of conjugate gradient from x = 0. Vectors are dicts of tensors. Returns
+    x and the relative residual ‖b − A x‖ / ‖b‖. Works inside ``vmap`` (no data-dependent branches)."""
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r = dict(b)
+    p = dict(b)
+    rr = _dot(r, r)
+    for _ in range(steps):
+        ap = matvec(p)
+        pap = _dot(p, ap)
+        # Guarded divisions: once the residual is exactly zero, the step is zero, not 0/0.
+        alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, 1), 0)
+        x = {k: x[k] + alpha * p[k] for k in x}
+        r = {k: r[k] - alpha * ap[k] for k in r}
+        rr_new = _dot(r, r)
+        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1), 0)
+        p = {k: r[k] + beta * p[k] for k in p}
+        rr = rr_new
+    residual = {k: b[k] - v for k, v in matvec(x).items()}
+    return x, _dot(residual, residual).sqrt() / _dot(b, b).sqrt().clamp_min(1e-30)
+
+
+class CGWarning(UserWarning):
+    """Conjugate gradient stopped before reaching the requested accuracy."""
+
+
+class IMAML:
+    """iMAML with the gradient-descent inner solver.
+
+    lam: λ, the strength of the pull toward θ (the paper's Omniglot value 2.0).
+    inner_lr, inner_steps: step size and number of gradient steps on L + λ/2‖φ − θ‖².
+    cg_steps: conjugate-gradient iterations for the implicit gradient (the paper: 5).
+    damping: solves ((1 + damping) I + H/λ) g = v instead, for stability with noisy Hessians
+        (0 gives the exact implicit gradient).
+    cg_tolerance: relative CG residual above which a :class:`CGWarning` names the residual
+        (``on_cg_failure="raise"`` raises instead, ``"ignore"`` skips the check and its host sync).
+    inner_tolerance: the stopping rule of the inner solver. None runs exactly ``inner_steps``
+        steps; a number stops earlier, once the largest gradient norm of the regularised objective
+        over the tasks of the batch falls below it (checked every ``check_every`` steps).
+    """
+
+    def __init__(self, net: nn.Module, loss: str = "cross_entropy", lam: float = 2.0, inner_lr: float = 0.1,
+                 inner_steps: int = 16, cg_steps: int = 5, damping: float = 0.0, cg_tolerance: float = 0.1,
+                 on_cg_failure: str = "warn", inner_tolerance: float | None = None, check_every: int = 5,
+                 execution: str = "auto"):
+        check_functional(net)
+        self.net, self.loss_kind, self.loss = net, loss, task_loss(net, loss)
+        self.lam = check_positive("lam (λ)", lam)
+        self.inner_lr = check_positive("inner_lr", inner_lr)
+        self.inner_steps = check_count("inner_steps", inner_steps)
+        self.cg_steps = check_count("cg_steps", cg_steps)
+        if not damping >= 0:
+            raise ValueError(f"damping must be >= 0, got {damping!r}.")
+        self.damping = float(damping)
+        self.cg_tolerance = check_positive("cg_tolerance", cg_tolerance)
+        if on_cg_failure not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_cg_failure must be 'warn', 'raise' or 'ignore', got {on_cg_failure!r}.")
+        self.on_cg_failure = on_cg_failure
+        self.inner_tolerance = None if inner_tolerance is None else check_positive("inner_tolerance", inner_tolerance)
+        self.check_every = check_count("check_every", check_every)
+        self.execution = execution
+        choose_execution(execution, net, torch.device("cpu"))
+
+    def __repr__(self) -> str:
+        return (f"IMAML(λ={self.lam}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
+                f"cg_steps={self.cg_steps}, damping={self.damping}, loss={self.loss_kind})")
+
+    def init_params(self, device=None, dtype=None) -> Params:
+        from .. import runtime
+
+        return init_params(self.net, runtime.device() if device is None else device, dtype)
+
+    def _execution(self, batch: TaskBatch) -> str:
+        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
+
+    # --- the inner problem ---------------------------------------------------------------------
+    def _gradient_norm(self, theta, phi, x, y) -> torch.Tensor:
+        """‖∇φ (L(φ) + λ/2‖φ − θ‖²)‖ for one task: zero at the exact inner solution."""
+        g = grad(self.loss)(phi, x, y)
+        return sum((g[k] + self.lam * (phi[k] - theta[k])).pow(2).sum() for k in g).sqrt()
+
+    def solve_inner(self, theta: Params, batch: TaskBatch) -> tuple[Params, torch.Tensor]:
+        """φ_i for every task (stacked along a leading task dimension) and the gradient norm of each
+        task's regularised objective at φ_i. No graph is recorded."""
+        check_batch(theta, batch)
+        execution = self._execution(batch)
+        anchor = {k: v.detach() for k, v in theta.items()}
+        per_task = (batch.x_tr, batch.y_tr)
+        phi = {k: v.expand(batch.num_tasks, *v.shape).clone() for k, v in anchor.items()}
+
+        def run(phi_i, anchor, x, y, steps):
+            return sgd_steps(self.loss, phi_i, x, y, self.inner_lr, steps, proximal=(anchor, self.lam))
+
+        done = 0
+        while done < self.inner_steps:
+            chunk = self.inner_steps - done if self.inner_tolerance is None else min(self.check_every,
+                                                                                     self.inner_steps - done)
+            phi = map_tasks(lambda a, x, y, p: run(p, a, x, y, chunk), execution, (anchor,), (*per_task, phi))
+            done += chunk
+            if self.inner_tolerance is not None and done < self.inner_steps:
+                norms = map_tasks(lambda a, x, y, p: self._gradient_norm(a, p, x, y), execution, (anchor,),
+                                  (*per_task, phi))
+                if float(norms.max()) < self.inner_tolerance:  # one host sync per check, by design
+                    break
+        norms = map_tasks(lambda a, x, y, p: self._gradient_norm(a, p, x, y), execution, (anchor,), (*per_task, phi))
+        return phi, norms
+
+    # --- the implicit meta-gradient ---------------------------------------------------------------
+    def _task_gradient(self, phi, x_tr, y_tr, x_ts, y_ts):
+        """(I(1 + damping) + H/λ)^{-1} ∇φ L(φ, D^ts) for one task, with its query metrics."""
+        query_grad = grad(self.loss)(phi, x_ts, y_ts)
+
+        def matvec(v):
+            hv = jvp(lambda p: grad(self.loss)(p, x_tr, y_tr), (phi,), (v,))[1]
+            return {k: (1 + self.damping) * v[k] + hv[k] / self.lam for k in v}
+
+        g, residual = conjugate_gradient(matvec, query_grad, self.cg_steps)
+        metrics = task_metrics(self.net, self.loss_kind, phi, x_ts, y_ts)
+        return g, {**metrics, "cg_residual": residual}
+
+    def meta_gradient(self, theta: Params, batch: TaskBatch) -> tuple[Params, dict[str, torch.Tensor]]:
+        """The implicit meta-gradient averaged over the batch, and per-task diagnostics: query
+        loss (and accuracy) at φ_i, CG's relative residual, the inner gradient norm."""
+        with torch.no_grad():
+            phi, inner_norm = self.solve_inner(theta, batch)
+            grads, info = map_tasks(self._task_gradient, self._execution(batch), (),
+                                    (phi, batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
+        info["inner_grad_norm"] = inner_norm
+        mean = {k: v.mean(0) for k, v in grads.items()}
+        self._check(mean, info["cg_residual"])
+        return mean, info
+
+    def _check(self, grads: Params, residual: torch.Tensor) -> None:
+        if self.on_cg_failure == "ignore":
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()
+        worst, finite = torch.stack([residual.max(), finite.to(residual.dtype)]).tolist()  # one host sync
+        if not finite:
+            raise FloatingPointError(
+                "the implicit meta-gradient is not finite: a Hessian-vector product of the training loss "
+                f"overflowed. Try a larger λ (now {self.lam}) or damping (now {self.damping}), or a smaller inner_lr.")
+        if worst > self.cg_tolerance:
+            message = (f"conjugate gradient did not converge in {self.cg_steps} steps: relative residual {worst:.3g} "
+                       f"(worst task of the batch) > cg_tolerance {self.cg_tolerance}. Raise cg_steps or damping.")
+            if self.on_cg_failure == "raise":
+                raise RuntimeError(message)
+            warnings.warn(message, CGWarning, stacklevel=3)
+
+    def step(self, theta: Params, optimizer: torch.optim.Optimizer, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """One meta-update with the implicit meta-gradient; returns batch means of the diagnostics."""
+        grads, info = self.meta_gradient(theta, batch)
+        with torch.no_grad():
+            for k, p in theta.items():
+                p.grad = grads[k].clone()
+        optimizer.step()
+        return {k: v.float().mean() for k, v in info.items()}
+
+    def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int,
+                         execution: str | None = None) -> dict[str, torch.Tensor]:
+        """Query metrics after 0..steps steps of the inner solver (proximal gradient descent):
+        [tasks, steps + 1]. At test time iMAML adapts the way it meta-trained."""
+        check_batch(theta, batch)
+        return adaptation_curve(self.net, self.loss_kind, theta, batch, steps, self.inner_lr,
+                                execution or self.execution, lam=self.lam)

@@ -1,0 +1,181 @@
+"""iMAML against closed forms, a direct solve, the unrolled meta-gradient and a per-task loop."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from mlcourse.meta.functional import sgd_steps, task_loss
+from mlcourse.meta.imaml import IMAML, CGWarning, conjugate_gradient
+from mlcourse.nets import MLP, forward
+from mlcourse.tasks import SinusoidFamily, TaskBatch
+
+F64 = torch.float64
+
+
+def _spd(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(n, n, generator=g, dtype=F64)
+    return m @ m.T + n * torch.eye(n, dtype=F64)
+
+
+def test_cg_matches_a_direct_solve():
+    a1, a2 = _spd(3, 0), _spd(2, 1)
+    b = {"u": torch.randn(3, dtype=F64), "v": torch.randn(2, dtype=F64)}
+
+    def matvec(x):   # a block-diagonal SPD operator on a dict of two vectors
+        return {"u": a1 @ x["u"], "v": a2 @ x["v"]}
+
+    x, residual = conjugate_gradient(matvec, b, steps=5)   # exact in at most 5 steps (dimension 5)
+    torch.testing.assert_close(x["u"], torch.linalg.solve(a1, b["u"]))
+    torch.testing.assert_close(x["v"], torch.linalg.solve(a2, b["v"]))
+    assert residual < 1e-10
+    x2, residual2 = conjugate_gradient(matvec, b, steps=1)
+    r = {k: b[k] - v for k, v in matvec(x2).items()}
+    expected = (sum(t.pow(2).sum() for t in r.values()) / sum(t.pow(2).sum() for t in b.values())).sqrt()
+    torch.testing.assert_close(residual2, expected)
+
+
+def test_cg_is_batched_with_vmap_and_handles_a_zero_right_hand_side():
+    mats = torch.stack([_spd(4, s) for s in range(3)])
+    b = torch.randn(3, 4, dtype=F64)
+    b[1] = 0
+    solve = vmap(lambda a, rhs: conjugate_gradient(lambda x: {"x": a @ x["x"]}, {"x": rhs}, 4)[0]["x"])
+    x = solve(mats, b)
+    torch.testing.assert_close(x, torch.linalg.solve(mats, b))
+    assert torch.isfinite(x).all() and (x[1] == 0).all()
+
+
+def _linear_tasks(tasks=4, d=3, k=6, q=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(tasks, d, 1, generator=g, dtype=F64)
+    x_tr, x_ts = torch.randn(tasks, k, d, generator=g, dtype=F64), torch.randn(tasks, q, d, generator=g, dtype=F64)
+    return TaskBatch(x_tr, x_tr @ w + 0.1 * torch.randn(tasks, k, 1, generator=g, dtype=F64),
+                     x_ts, x_ts @ w + 0.1 * torch.randn(tasks, q, 1, generator=g, dtype=F64))
+
+
+def test_linear_regression_closed_forms():
+    """L_tr(φ) = (1/K)‖Xφ − y‖²: φ* = (A + λI)^{-1}(c + λθ) with A = (2/K)XᵀX, c = (2/K)Xᵀy, and the
+    meta-gradient is (I + A/λ)^{-1} ∇L_ts(φ*)."""
+    d, lam = 3, 2.0
+    net = nn.Sequential(nn.Linear(d, 1, bias=False))
+    imaml = IMAML(net, "mse", lam=lam, inner_lr=0.05, inner_steps=800, cg_steps=d, cg_tolerance=1e-6)
+    theta = imaml.init_params("cpu", F64)
+    batch = _linear_tasks(d=d)
+    phi, norms = imaml.solve_inner(theta, batch)
+    grads, info = imaml.meta_gradient(theta, batch)
+    w = theta["0.weight"].detach().T
+    eye = torch.eye(d, dtype=F64)
+    expected_grad = torch.zeros(d, 1, dtype=F64)
+    for i in range(batch.num_tasks):
+        x, y = batch.x_tr[i], batch.y_tr[i]
+        a, c = 2 / len(x) * x.T @ x, 2 / len(x) * x.T @ y
+        phi_star = torch.linalg.solve(a + lam * eye, c + lam * w)
+        torch.testing.assert_close(phi["0.weight"][i].T, phi_star, rtol=1e-8, atol=1e-10)
+        query_grad = 2 / batch.queries * batch.x_ts[i].T @ (batch.x_ts[i] @ phi_star - batch.y_ts[i])
+        expected_grad += torch.linalg.solve(eye + a / lam, query_grad) / batch.num_tasks
+    torch.testing.assert_close(grads["0.weight"], expected_grad.T, rtol=1e-7, atol=1e-9)
+    assert norms.max() < 1e-8 and info["cg_residual"].max() < 1e-8
+
+
+def test_unrolled_meta_gradient_approaches_the_implicit_one():
+    """Differentiating through more and more steps of the regularised inner problem converges to
+    the implicit gradient, as the implicit function theorem says. (A smooth network: with ReLU the
+    inner solution can sit on a kink, where gradient descent never reaches a zero gradient.)"""
+    torch.manual_seed(0)
+    net, lam, lr = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)), 2.0, 0.02
+    loss = task_loss(net, "mse")
+    batch = SinusoidFamily().sample(3, 8, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(3))
+    imaml = IMAML(net, "mse", lam=lam, inner_lr=lr, inner_steps=3000, cg_steps=60, cg_tolerance=1e-6)
+    theta = imaml.init_params("cpu", F64)
+    implicit, _ = imaml.meta_gradient(theta, batch)
+
+    def unrolled(steps):
+        def task(x_tr, y_tr, x_ts, y_ts):
+            phi = sgd_steps(loss, theta, x_tr, y_tr, lr, steps, proximal=(theta, lam))
+            return loss(phi, x_ts, y_ts)
+        meta = vmap(task)(batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts).mean()
+        return dict(zip(theta, torch.autograd.grad(meta, list(theta.values()))))
+
+    def error(g):
+        num = sum((g[k] - implicit[k]).pow(2).sum() for k in g).sqrt()
+        return float(num / sum(v.pow(2).sum() for v in implicit.values()).sqrt())
+
+    errors = [error(unrolled(steps)) for steps in (10, 100, 1000)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3, errors
+
+
+@pytest.mark.parametrize("tolerance", [None, 1e-3])
+def test_vectorised_equals_loop(tolerance):
+    net = MLP((1, 8, 1))
+    batch = SinusoidFamily().sample(5, 10, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(4))
+    results = []
+    for execution in ("vmap", "loop"):
+        imaml = IMAML(net, "mse", lam=2.0, inner_lr=0.05, inner_steps=30, cg_steps=5, execution=execution,
+                      inner_tolerance=tolerance, on_cg_failure="ignore")
+        results.append(imaml.meta_gradient(imaml.init_params("cpu", F64), batch))
+    for k in results[0][0]:
+        torch.testing.assert_close(results[0][0][k], results[1][0][k], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(results[0][1]["cg_residual"], results[1][1]["cg_residual"])
+
+
+def test_stopping_rule_stops_once_every_task_is_solved():
+    net = nn.Sequential(nn.Linear(3, 1, bias=False))
+    batch = _linear_tasks()
+    exact = IMAML(net, "mse", lam=2.0, inner_lr=0.05, inner_steps=5)
+    theta = exact.init_params("cpu", F64)
+    loose = IMAML(net, "mse", lam=2.0, inner_lr=0.05, inner_steps=500, inner_tolerance=1e9, check_every=5)
+    torch.testing.assert_close(loose.solve_inner(theta, batch)[0], exact.solve_inner(theta, batch)[0])
+    tight = IMAML(net, "mse", lam=2.0, inner_lr=0.05, inner_steps=2000, inner_tolerance=1e-6, check_every=5)
+    assert tight.solve_inner(theta, batch)[1].max() < 1e-6
+
+
+def test_memory_of_the_meta_gradient_does_not_depend_on_inner_steps():
+    """Nothing of the inner loop is kept for a backward pass: no tensor requires grad afterwards."""
+    imaml = IMAML(MLP(), "mse", inner_steps=7, on_cg_failure="ignore")
+    theta = imaml.init_params("cpu")
+    grads, info = imaml.meta_gradient(theta, SinusoidFamily().sample(3, 5, device="cpu"))
+    assert not any(g.requires_grad for g in grads.values()) and not info["loss"].requires_grad
+
+
+def test_training_step_moves_theta_and_reports_diagnostics():
+    imaml = IMAML(MLP(), "mse", lam=1.0, inner_lr=0.02, inner_steps=5, on_cg_failure="ignore")
+    theta = imaml.init_params("cpu")
+    before = {k: v.detach().clone() for k, v in theta.items()}
+    metrics = imaml.step(theta, torch.optim.Adam(theta.values(), lr=1e-3), SinusoidFamily().sample(4, 10, device="cpu"))
+    assert set(metrics) == {"loss", "cg_residual", "inner_grad_norm"}
+    assert any((theta[k] - before[k]).abs().max() > 0 for k in theta)
+
+
+def test_cg_failure_is_reported_with_its_residual():
+    net = MLP((1, 16, 16, 1))
+    batch = SinusoidFamily().sample(4, 10, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(0))
+    imaml = IMAML(net, "mse", lam=0.05, inner_lr=0.01, inner_steps=3, cg_steps=1, cg_tolerance=1e-6)
+    theta = imaml.init_params("cpu", F64)
+    with pytest.warns(CGWarning, match=r"did not converge in 1 steps: relative residual \d"):
+        imaml.meta_gradient(theta, batch)
+    strict = IMAML(net, "mse", lam=0.05, inner_lr=0.01, inner_steps=3, cg_steps=1, cg_tolerance=1e-6,
+                   on_cg_failure="raise")
+    with pytest.raises(RuntimeError, match="relative residual"):
+        strict.meta_gradient(theta, batch)
+
+
+def test_non_finite_hessian_vector_products_are_an_error():
+    imaml = IMAML(MLP((1, 4, 1)), "mse", inner_steps=2)
+    theta = imaml.init_params("cpu", F64)
+    batch = SinusoidFamily().sample(2, 4, device="cpu", dtype=F64)
+    batch.x_tr[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="not finite.*larger λ"):
+        imaml.meta_gradient(theta, batch)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"lam": 0.0}, "lam \\(λ\\) must be a positive finite number, got 0.0"),
+    ({"lam": -1.0}, "lam \\(λ\\) must be a positive"),
+    ({"cg_steps": 0}, "cg_steps must be an int >= 1"),
+    ({"damping": -0.1}, "damping must be >= 0"),
+    ({"on_cg_failure": "shout"}, "on_cg_failure must be"),
+])
+def test_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IMAML(MLP(), "mse", **kwargs)
