@@ -65,10 +65,18 @@ def run(device: torch.device) -> None:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the CPU, and CUDA when available)")
+    args = parser.parse_args()
     torch.manual_seed(0)
     print(f"MANN (controller {PAPER['controller']}, memory {PAPER['slots']}x{PAPER['width']}, {PAPER['heads']} read "
           f"heads) and LSTM; meta-batch {META_BATCH}, sequences of {PAPER['classes'] * PAPER['instances']}; "
           f"torch {torch.__version__}")
+    if args.device:
+        run(torch.device(args.device))
+        return
     run(torch.device("cpu"))
     if torch.cuda.is_available():
         run(torch.device("cuda"))

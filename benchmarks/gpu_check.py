@@ -68,30 +68,33 @@ def correctness() -> None:
           f"{'ok' if worst < 1e-5 else 'MISMATCH'}")
 
 
-def run(command: list[str], seconds_left: float, log: Path) -> bool:
-    """Run a command with the time left; its output goes to the console and to log."""
+def run(command: list[str], seconds_left: float, log: Path) -> str:
+    """Run a command with the time left; its output goes to the console and to log; returns stdout."""
     if seconds_left < 20:
         print(f"[skipped, no time left] {' '.join(command)}")
-        return False
+        return ""
     print(f"\n$ {' '.join(command)}  (at most {seconds_left:.0f} s)", flush=True)
     with open(log, "a") as f:
         try:
             out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=seconds_left)
-            f.write(out.stdout + out.stderr)
-            print(out.stdout[-4000:] + (out.stderr[-2000:] if out.returncode else ""), flush=True)
-            return out.returncode == 0
+            f.write(f"$ {' '.join(command)}\n{out.stdout}{out.stderr}\n")
+            print(out.stdout[-3000:] + (out.stderr[-2000:] if out.returncode else ""), flush=True)
+            return out.stdout
         except subprocess.TimeoutExpired as err:
-            f.write(f"TIMEOUT after {seconds_left:.0f} s\n{err.stdout or ''}")
+            f.write(f"$ {' '.join(command)}\nTIMEOUT after {seconds_left:.0f} s\n{err.stdout or ''}\n")
             print(f"[timeout after {seconds_left:.0f} s]", flush=True)
-            return False
+            return ""
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
     parser.add_argument("--out", default="gpu_results")
-    parser.add_argument("--benchmarks", nargs="*", default=["maml_sinusoid.py", "maml_omniglot.py --iterations 20",
-                                                          "maml_memory.py --device cuda"])
+    parser.add_argument("--benchmarks", nargs="*", default=[
+        "maml_sinusoid.py --device cuda", "maml_omniglot.py --device cuda --queries 1 --iterations 10",
+        "maml_memory.py --device cuda", "imaml_memory.py --device cuda", "maml_rl_nav.py --device cuda --iterations 2",
+        "blackbox_omniglot.py --device cuda"])
+    parser.add_argument("--per-benchmark", type=float, default=90, help="seconds at most for each benchmark")
     parser.add_argument("--reproduce", nargs="*", default=["maml-sinusoid", "maml-omniglot-5w1s"])
     args = parser.parse_args()
     began = time.perf_counter()
@@ -100,11 +103,29 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | budget {args.budget:.0f} s", flush=True)
     correctness()
+    # Seconds per meta-iteration measured by the benchmarks, to fit the reproductions in the budget.
+    per_iteration = {}
     for bench in args.benchmarks:
         script, *flags = bench.split()
-        run([sys.executable, f"benchmarks/{script}", *flags], min(left(), 150), out / "benchmarks.log")
-    for name in args.reproduce:
-        run([sys.executable, "-m", "mlcourse.reproduce", name, "--out", str(out)], left(), out / "reproduce.log")
+        text = run([sys.executable, f"benchmarks/{script}", *flags], min(left(), args.per_benchmark),
+                   out / "benchmarks.log")
+        for line in text.splitlines():
+            if line.startswith("the paper's 60,000 meta-iterations at this speed:"):
+                per_iteration["maml-omniglot"] = float(line.split(":")[1].split()[0]) * 60 / 60_000
+            if line.strip().startswith("the paper's 70,000 meta-iterations at"):
+                per_iteration["maml-sinusoid"] = float(line.split(" at ")[1].split()[0]) / 1e3
+    paper_iterations = {"maml-sinusoid": 70_000, "maml-omniglot": 60_000}
+    for i, name in enumerate(args.reproduce):
+        command = [sys.executable, "-m", "mlcourse.reproduce", name, "--out", str(out)]
+        key = next((k for k in per_iteration if name.startswith(k)), None)
+        if key:
+            # Shorten meta-training when the paper's iterations would not fit this run's share of
+            # what is left (training, plus about a minute for loading and evaluation).
+            share = (left() - 60 * (len(args.reproduce) - i)) / (len(args.reproduce) - i)
+            fits = int(share / (per_iteration[key] * 1.5))
+            if fits < paper_iterations[key]:
+                command += ["--iterations", str(max(1000, fits // 1000 * 1000))]
+        run(command, left(), out / "reproduce.log")
     print(f"\ndone in {time.perf_counter() - began:.0f} s", flush=True)
 
 

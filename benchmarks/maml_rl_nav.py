@@ -7,7 +7,7 @@ three meta-optimisers: TRPO with the Fisher-vector products on all trajectories 
 TRPO with them on a quarter of the trajectories (the book's CPU setting), and Adam on the DiCE
 meta-gradient.
 
-    python benchmarks/maml_rl_nav.py [--iterations 3] [--hidden 64 64] [--cpu-only]
+    python benchmarks/maml_rl_nav.py [--iterations 3] [--hidden 64 64] [--device cpu|cuda]
 
 Set OMP_NUM_THREADS to the number of free cores: on a busy machine, torch's default of one
 thread per core can be several times slower than one thread.
@@ -59,11 +59,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the CPU, and CUDA when available)")
     args = parser.parse_args()
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available() and not args.cpu_only:
-        devices.append(torch.device("cuda"))
+    devices = [torch.device(args.device)] if args.device else (
+        [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     print(f"MAML-RL on 2D navigation: 20 tasks × 20 trajectories × 100 steps, policy {args.hidden}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
     for device in devices:

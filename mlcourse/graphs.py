@@ -9,6 +9,7 @@ created with ``capturable=True`` (Adam, AdamW, SGD support it).
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -44,6 +45,15 @@ def capture(step: Step, warmup: int = 3) -> Step:
 
 
 def fast_step(step: Step, device: torch.device, use_graph: bool | None = None) -> Step:
-    """``step`` itself, or its CUDA-graph replay on a CUDA device (``use_graph=None`` decides by device)."""
+    """``step`` itself, or its CUDA-graph replay on a CUDA device (``use_graph=None`` decides by
+    device). If capturing fails (an operation that cannot be captured), the step runs eagerly,
+    with a warning that says why."""
     use_graph = device.type == "cuda" if use_graph is None else use_graph
-    return capture(step) if use_graph else step
+    if not use_graph:
+        return step
+    try:
+        return capture(step)
+    except RuntimeError as err:
+        warnings.warn(f"CUDA-graph capture failed ({err}); running the step eagerly.", RuntimeWarning, stacklevel=2)
+        torch.cuda.synchronize()
+        return step

@@ -78,8 +78,10 @@ def _commit() -> str:
         return "unknown"
 
 
-def run(name: str, scale: str = "paper", device=None, out: Path | None = None) -> dict:
-    """Run one experiment and write its record; returns the record."""
+def run(name: str, scale: str = "paper", device=None, out: Path | None = None, iterations: int | None = None) -> dict:
+    """Run one experiment and write its record; returns the record. ``iterations`` shortens (or
+    lengthens) meta-training at the scale's other settings, for a run that must fit a time
+    budget; the record's scale then says so."""
     from . import runtime
 
     experiments = discover()
@@ -91,15 +93,17 @@ def run(name: str, scale: str = "paper", device=None, out: Path | None = None) -
     device = runtime.device() if device is None else torch.device(device)
     runtime.seed(0)
     began = time.perf_counter()
-    result = exp.run(scale, device)
+    result = exp.run(scale, device) if iterations is None else exp.run(scale, device, iterations=iterations)
+    label = scale if iterations is None else f"{scale} settings, {iterations:,} meta-iterations"
     record = {
-        "name": name, "title": exp.title, "paper": exp.paper, "scale": scale, **result,
+        "name": name, "title": exp.title, "paper": exp.paper, "scale": label, **result,
         "provenance": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "torch": torch.__version__, "python": platform.python_version(),
             "wall_seconds": round(time.perf_counter() - began, 1), "commit": _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": f"python -m mlcourse.reproduce {name} --scale {scale}",
+            "command": f"python -m mlcourse.reproduce {name} --scale {scale}"
+                       + ("" if iterations is None else f" --iterations {iterations}"),
         },
     }
     out = RESULTS if out is None else Path(out)
@@ -117,6 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", default="paper", choices=SCALES)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: mlcourse.runtime.device())")
     parser.add_argument("--out", default=None, help=f"folder for the records (default {RESULTS})")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="meta-iterations instead of the scale's own (to fit a time budget)")
     args = parser.parse_args(argv)
     experiments = discover()
     if args.list or not args.names:
@@ -124,7 +130,7 @@ def main(argv=None) -> None:
             print(f"{exp.name:28s} ~{exp.gpu_minutes:g} GPU-min  {exp.title}")
         return
     for name in args.names:
-        record = run(name, args.scale, args.device, args.out)
+        record = run(name, args.scale, args.device, args.out, args.iterations)
         metrics = ", ".join(f"{k} {m['value']:.4g}" + (f" ± {m['ci95']:.2g}" if m.get("ci95") is not None else "")
                             for k, m in record.get("metrics", {}).items())
         print(f"{name}: {metrics} ({record['provenance']['wall_seconds']} s on {record['provenance']['device']})")

@@ -65,8 +65,8 @@ def evaluate(learner: IMAML, theta, sampler, episodes: int, steps: int) -> torch
 
 @experiment("imaml-omniglot-5w1s", title="iMAML (GD inner solver), Omniglot 5-way 1-shot",
             paper="rajeswaran2019imaml", gpu_minutes=15)
-def imaml_omniglot(scale: str, device) -> dict:
-    iterations = {"paper": OMNIGLOT_IMAML["iterations"], "book": 600, "quick": 2}[scale]
+def imaml_omniglot(scale: str, device, iterations: int | None = None) -> dict:
+    iterations = iterations or {"paper": OMNIGLOT_IMAML["iterations"], "book": 600, "quick": 2}[scale]
     episodes = OMNIGLOT_IMAML["test_episodes"] if scale != "quick" else 10
     omniglot = load_omniglot(device=device)
     train_sampler, test_sampler = omniglot_samplers(1, 1, device, omniglot=omniglot)

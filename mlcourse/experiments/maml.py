@@ -70,8 +70,8 @@ def sinusoid_test_tasks(tasks: int, shots: int, device, seed: int = 1000):
 
 
 @experiment("maml-sinusoid", title="MAML, sinusoid regression, K = 10", paper="finn2017maml", gpu_minutes=2)
-def maml_sinusoid(scale: str, device) -> dict:
-    iterations = SCALE_ITERATIONS[scale]
+def maml_sinusoid(scale: str, device, iterations: int | None = None) -> dict:
+    iterations = iterations or SCALE_ITERATIONS[scale]
     learner, theta, history = train_sinusoid("maml", iterations, device, progress=scale != "quick")
     test = sinusoid_test_tasks(600 if scale != "quick" else 50, SINUSOID["shots"], device)
     curve = learner.adaptation_curve(theta, test, 10)["loss"]
@@ -158,12 +158,12 @@ def evaluate_omniglot(learner, theta, sampler, episodes: int, steps: int, chunk:
 OMNIGLOT_ITERATIONS = {"paper": 60_000, "book": 1_000, "quick": 3}
 
 
-def _omniglot_record(method: str, shots: int, scale: str, device) -> dict:
+def _omniglot_record(method: str, shots: int, scale: str, device, iterations: int | None = None) -> dict:
     device = torch.device(device)
     omniglot = load_omniglot(device=device)
     episodes = OMNIGLOT["test_episodes"] if scale != "quick" else 10
     if method == "reptile":
-        iterations = {"paper": 100_000, "book": 2_000, "quick": 3}[scale]
+        iterations = iterations or {"paper": 100_000, "book": 2_000, "quick": 3}[scale]
         learner, theta, _ = train_omniglot_reptile(shots, iterations, device, progress=scale != "quick",
                                                    omniglot=omniglot)
         test = omniglot_samplers(shots, 1, device, omniglot=omniglot)[1]
@@ -172,7 +172,7 @@ def _omniglot_record(method: str, shots: int, scale: str, device) -> dict:
                     "inner_optimizer": "adam (beta1=0)", "meta_batch": 5, "outer_lr": "1.0 annealed to 0",
                     "iterations": iterations, "eval_steps": 50, "eval_batch": 5, "test_queries_per_class": 1}
     else:
-        iterations = OMNIGLOT_ITERATIONS[scale]
+        iterations = iterations or OMNIGLOT_ITERATIONS[scale]
         train_sampler, test = omniglot_samplers(shots, shots, device, omniglot=omniglot)
         learner, theta, _ = train_omniglot_maml(shots, iterations, device, first_order=method == "fomaml",
                                                 sampler=train_sampler, progress=scale != "quick")
@@ -193,4 +193,4 @@ for _method, _shots, _minutes in [("maml", 1, 4), ("maml", 5, 8), ("fomaml", 1, 
     _title = {"maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}[_method]
     experiment(f"{_method}-omniglot-5w{_shots}s", title=f"{_title}, Omniglot 5-way {_shots}-shot",
                paper="nichol2018reptile" if _method == "reptile" else "finn2017maml", gpu_minutes=_minutes)(
-        lambda scale, device, m=_method, k=_shots: _omniglot_record(m, k, scale, device))
+        lambda scale, device, iterations=None, m=_method, k=_shots: _omniglot_record(m, k, scale, device, iterations))
