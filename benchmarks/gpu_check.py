@@ -38,11 +38,13 @@ def correctness() -> None:
             theta = maml.init_params(device, torch.float64)
             grads[device.type, execution] = maml.meta_gradient(theta, batch.to(device))
         reference = grads["cpu", "loop"]
+        scale = torch.cat([v.flatten() for v in reference.values()]).norm()
         for key, g in grads.items():
-            worst = max(float((g[k].cpu() - reference[k]).abs().max() / (reference[k].abs().max() + 1e-12))
-                        for k in reference)
-            status = "ok" if worst < 1e-9 else "MISMATCH"
-            print(f"[correctness] {name}: meta-gradient on {key} vs CPU loop, max relative error {worst:.2e} {status}")
+            # Relative to the whole gradient's norm: the biases of convolutions followed by batch
+            # norm have a true gradient of zero, so entry-wise relative errors there are noise/noise.
+            error = torch.cat([(g[k].cpu() - reference[k]).flatten() for k in reference]).norm() / scale
+            status = "ok" if error < 1e-10 else "MISMATCH"
+            print(f"[correctness] {name}: meta-gradient on {key} vs CPU loop, relative error {error:.2e} {status}")
 
     # A CUDA-graph replay of a step on a fixed batch equals the same step run eagerly.
     family = SinusoidFamily()
