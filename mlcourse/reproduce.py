@@ -67,6 +67,9 @@ def discover() -> dict[str, Experiment]:
 
 
 def _commit() -> str:
+    """The checkout's commit (``MLCOURSE_COMMIT`` overrides it, for copies without .git)."""
+    if os.environ.get("MLCOURSE_COMMIT"):
+        return os.environ["MLCOURSE_COMMIT"]
     try:
         root = Path(__file__).resolve().parents[1]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
