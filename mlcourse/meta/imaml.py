@@ -45,12 +45,14 @@ def conjugate_gradient(matvec, b: Params, steps: int) -> tuple[Params, torch.Ten
     for _ in range(steps):
         ap = matvec(p)
         pap = _dot(p, ap)
-        # Guarded divisions: once the residual is exactly zero, the step is zero, not 0/0.
-        alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, 1), 0)
+        # Guarded divisions: once the residual is exactly zero, the step is zero, not 0/0. (A
+        # negative pᵀAp, possible when H has curvature below −λ, is used as it is, like textbook
+        # CG; the residual check then reports the failure.)
+        alpha = torch.where(pap != 0, rr / torch.where(pap != 0, pap, 1), 0)
         x = {k: x[k] + alpha * p[k] for k in x}
         r = {k: r[k] - alpha * ap[k] for k in r}
         rr_new = _dot(r, r)
-        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1), 0)
+        beta = torch.where(rr != 0, rr_new / torch.where(rr != 0, rr, 1), 0)
         p = {k: r[k] + beta * p[k] for k in p}
         rr = rr_new
     residual = {k: b[k] - v for k, v in matvec(x).items()}
