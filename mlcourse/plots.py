@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .stats import mean_ci95
 
+# The player of matplotlib's HTML animations loads Font Awesome 4 from a CDN for its button icons.
+# The book works offline, so the link is dropped and each icon becomes a plain Unicode symbol.
+_ICONS = {"fa-minus": "−", "fa-fast-backward": "⏮", "fa-step-backward": "⏴", "fa-play fa-flip-horizontal": "◀",
+          "fa-pause": "⏸", "fa-play": "▶", "fa-step-forward": "⏵", "fa-fast-forward": "⏭", "fa-plus": "+"}
+
 
 def _numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def animation(anim):
+    """A matplotlib animation as HTML that plays in the notebook and in the static book, offline.
+    (Close the animation's figure first, so that it is not also drawn as a still image.)"""
+    from IPython.display import HTML
+
+    html = anim.to_jshtml()
+    html = re.sub(r'<link rel="stylesheet"\s+href="https://maxcdn[^"]*font-awesome[^"]*">', "", html)
+    for name, symbol in _ICONS.items():
+        html = html.replace(f'<i class="fa {name}"></i>', symbol)
+    return HTML(html)
 
 
 def band(ax, x, values: torch.Tensor, label: str | None = None, dim: int = 0, **kwargs):
