@@ -36,7 +36,7 @@ from ..checks import check_count
 from ..nets import Params, forward
 from ..tasks import TaskBatch
 from .finetune_options import OPTIONS, Options, layer_groups, options, plan  # noqa: F401
-from .functional import choose_execution, task_metrics
+from .functional import choose_execution, task_loss, task_metrics
 
 
 # --- heads and initialisations ------------------------------------------------------------------
@@ -103,16 +103,10 @@ def start_params(net, theta: Params, ways: int, o: Options, generator=None) -> P
 # --- the descent ---------------------------------------------------------------------------------
 
 
-def _loss(net):
-    def loss(params, x, y):
-        return F.cross_entropy(forward(net, params, x), y)
-    return loss
-
-
 def descend(net, phi: Params, x, y, lr, schedule, scale, record=None):
     """φ_{k+1} = φ_k − α·scale ∇φ L(φ_k, (x, y)) over the trainable names of each step. Works inside
     vmap. ``record(k, φ_k)`` is called after every step (for cross-validation)."""
-    loss = _loss(net)
+    loss = task_loss(net, "cross_entropy")
     for k, trainable in enumerate(schedule):
         if trainable:
             names = sorted(trainable)
