@@ -179,3 +179,26 @@ def test_non_finite_hessian_vector_products_are_an_error():
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         IMAML(MLP(), "mse", **kwargs)
+
+
+def test_cg_stops_at_negative_curvature_instead_of_following_it():
+    a = torch.diag(torch.tensor([2.0, -1.0], dtype=F64))      # indefinite
+    b = {"x": torch.tensor([1.0, 1.0], dtype=F64)}
+    x, residual = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=5)
+    assert torch.isfinite(x["x"]).all() and residual > 0.1   # no blow-up, and the failure is visible
+    # the first direction b has curvature bᵀAb = 1 > 0, so one step is taken along it, then CG stops
+    torch.testing.assert_close(x["x"], b["x"] * (2 / 1))
+
+
+def test_test_time_lambda_zero_is_plain_gradient_descent():
+    from mlcourse.meta.functional import adaptation_curve
+
+    imaml = IMAML(MLP((1, 8, 1)), "mse", lam=2.0, inner_lr=0.01)
+    theta = imaml.init_params("cpu", F64)
+    batch = SinusoidFamily().sample(3, 5, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(1))
+    plain = adaptation_curve(imaml.net, "mse", theta, batch, 4, 0.01)["loss"]
+    torch.testing.assert_close(imaml.adaptation_curve(theta, batch, 4, lam=0.0)["loss"], plain)
+    proximal = imaml.adaptation_curve(theta, batch, 4)["loss"]
+    assert (proximal[:, 2:] - plain[:, 2:]).abs().max() > 1e-8  # the default keeps the training λ
+    with pytest.raises(ValueError, match="must be >= 0, got -1.0"):
+        imaml.adaptation_curve(theta, batch, 4, lam=-1.0)

@@ -35,24 +35,30 @@ def _dot(a: Params, b: Params) -> torch.Tensor:
 
 
 def conjugate_gradient(matvec, b: Params, steps: int) -> tuple[Params, torch.Tensor]:
-    """Approximately solve A x = b for symmetric positive definite A given as ``matvec``, with
-    ``steps`` iterations of conjugate gradient from x = 0. Vectors are dicts of tensors. Returns
-    x and the relative residual ‖b − A x‖ / ‖b‖. Works inside ``vmap`` (no data-dependent branches)."""
+    """Approximately solve A x = b with ``steps`` iterations of conjugate gradient from x = 0, for a
+    symmetric A given as ``matvec``; vectors are dicts of tensors. Returns x and the relative
+    residual ‖b − A x‖ / ‖b‖. Works inside ``vmap`` (no data-dependent branches).
+
+    For a positive definite A this is textbook CG. A network's I + H/λ can be indefinite; CG then
+    stops at the first direction of non-positive curvature (pᵀAp ≤ 0) and keeps the x it has, as
+    truncated Newton methods do, rather than stepping along a direction it cannot trust. The
+    residual reports how far from a solution that leaves it.
+    """
     x = {k: torch.zeros_like(v) for k, v in b.items()}
     r = dict(b)
     p = dict(b)
     rr = _dot(r, r)
+    active = rr > 0
     for _ in range(steps):
         ap = matvec(p)
         pap = _dot(p, ap)
-        # Guarded divisions: once the residual is exactly zero, the step is zero, not 0/0. (A
-        # negative pᵀAp, possible when H has curvature below −λ, is used as it is, like textbook
-        # CG; the residual check then reports the failure.)
-        alpha = torch.where(pap != 0, rr / torch.where(pap != 0, pap, 1), 0)
+        active = active & (pap > 0)
+        alpha = torch.where(active, rr / torch.where(active, pap, 1), 0)
         x = {k: x[k] + alpha * p[k] for k in x}
         r = {k: r[k] - alpha * ap[k] for k in r}
         rr_new = _dot(r, r)
-        beta = torch.where(rr != 0, rr_new / torch.where(rr != 0, rr, 1), 0)
+        active = active & (rr_new > 0)
+        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, 1), 0)
         p = {k: r[k] + beta * p[k] for k in p}
         rr = rr_new
     residual = {k: b[k] - v for k, v in matvec(x).items()}
@@ -194,10 +200,13 @@ class IMAML:
         optimizer.step()
         return {k: v.float().mean() for k, v in info.items()}
 
-    def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int,
-                         execution: str | None = None) -> dict[str, torch.Tensor]:
+    def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int, execution: str | None = None,
+                         lam: float | None = None) -> dict[str, torch.Tensor]:
         """Query metrics after 0..steps steps of the inner solver (proximal gradient descent):
-        [tasks, steps + 1]. At test time iMAML adapts the way it meta-trained."""
+        [tasks, steps + 1]. By default iMAML adapts the way it meta-trained; ``lam`` replaces λ at
+        test time (0 gives plain gradient steps, as the paper's authors evaluate)."""
         check_batch(theta, batch)
+        if lam is not None and not lam >= 0:
+            raise ValueError(f"lam (λ) at test time must be >= 0, got {lam!r}.")
         return adaptation_curve(self.net, self.loss_kind, theta, batch, steps, self.inner_lr,
-                                execution or self.execution, lam=self.lam)
+                                execution or self.execution, lam=self.lam if lam is None else lam)
