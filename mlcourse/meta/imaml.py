@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import grad, jvp
 
+from .. import linalg
 from ..checks import check_count, check_positive
 from ..nets import Params, check_functional, init_params
 from ..tasks import TaskBatch
@@ -30,39 +31,14 @@ from .functional import adaptation_curve, choose_execution, map_tasks, sgd_steps
 from .maml import check_batch
 
 
-def _dot(a: Params, b: Params) -> torch.Tensor:
-    return sum((a[k] * b[k]).sum() for k in a)
-
-
 def conjugate_gradient(matvec, b: Params, steps: int) -> tuple[Params, torch.Tensor]:
-    """Approximately solve A x = b with ``steps`` iterations of conjugate gradient from x = 0, for a
-    symmetric A given as ``matvec``; vectors are dicts of tensors. Returns x and the relative
-    residual ‖b − A x‖ / ‖b‖. Works inside ``vmap`` (no data-dependent branches).
-
-    For a positive definite A this is textbook CG. A network's I + H/λ can be indefinite; CG then
-    stops at the first direction of non-positive curvature (pᵀAp ≤ 0) and keeps the x it has, as
-    truncated Newton methods do, rather than stepping along a direction it cannot trust. The
-    residual reports how far from a solution that leaves it.
-    """
-    x = {k: torch.zeros_like(v) for k, v in b.items()}
-    r = dict(b)
-    p = dict(b)
-    rr = _dot(r, r)
-    active = rr > 0
-    for _ in range(steps):
-        ap = matvec(p)
-        pap = _dot(p, ap)
-        active = active & (pap > 0)
-        alpha = torch.where(active, rr / torch.where(active, pap, 1), 0)
-        x = {k: x[k] + alpha * p[k] for k in x}
-        r = {k: r[k] - alpha * ap[k] for k in r}
-        rr_new = _dot(r, r)
-        active = active & (rr_new > 0)
-        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, 1), 0)
-        p = {k: r[k] + beta * p[k] for k in p}
-        rr = rr_new
+    """Approximately solve A x = b with ``steps`` iterations of conjugate gradient from x = 0
+    (:func:`mlcourse.linalg.conjugate_gradient`: truncated at non-positive curvature, since
+    I + H/λ can be indefinite). Returns x and the relative residual ‖b − A x‖ / ‖b‖, which says how
+    far from a solution that leaves it. Works inside ``vmap``."""
+    x = linalg.conjugate_gradient(matvec, b, steps)
     residual = {k: b[k] - v for k, v in matvec(x).items()}
-    return x, _dot(residual, residual).sqrt() / _dot(b, b).sqrt().clamp_min(1e-30)
+    return x, linalg.dot(residual, residual).sqrt() / linalg.dot(b, b).sqrt().clamp_min(1e-30)
 
 
 class CGWarning(UserWarning):

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .. import linalg
 from ..checks import check_count, check_positive
 from ..nets import Params
 
@@ -34,24 +35,10 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10) -> torch.Tensor:
-    """x ≈ A⁻¹b for a symmetric positive definite A given only as v ↦ Av, after ``iters`` steps.
-
-    A fixed number of steps and no host synchronisation (as in the reference code, 10 steps).
-    """
+    """x ≈ A⁻¹b for a symmetric positive definite A given only as v ↦ Av, after ``iters`` steps of
+    :func:`mlcourse.linalg.conjugate_gradient` on flat vectors (as in the reference code, 10 steps)."""
     check_count("cg iterations", iters)
-    x = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
-    rr = r @ r
-    tiny = torch.finfo(b.dtype).tiny
-    for _ in range(iters):
-        ap = matvec(p)
-        alpha = rr / (p @ ap).clamp(min=tiny)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = r @ r
-        p = r + torch.where(rr > tiny, rr_new / rr.clamp(min=tiny), torch.zeros_like(rr)) * p
-        rr = rr_new
-    return x
+    return linalg.conjugate_gradient(lambda v: {"v": matvec(v["v"])}, {"v": b}, iters)["v"]
 
 
 class TRPO:
