@@ -30,13 +30,13 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import grad
 
 from ..checks import check_count
 from ..nets import Params, forward
 from ..tasks import TaskBatch
 from .finetune_options import OPTIONS, Options, layer_groups, options, plan  # noqa: F401
-from .functional import choose_execution, task_loss, task_metrics
+from .functional import choose_execution, map_tasks, task_loss, task_metrics
 
 
 # --- heads and initialisations ------------------------------------------------------------------
@@ -196,13 +196,6 @@ def finetune(net: nn.Module, theta: Params, x_tr: torch.Tensor, y_tr: torch.Tens
     return _adapt(net, phi0, x_tr, y_tr, ways, shots, o)[0]
 
 
-def _map(fn, execution: str, shared, per_task: dict, data: tuple):
-    if execution == "vmap":
-        return vmap(fn, in_dims=(None, 0) + (0,) * len(data))(shared, per_task, *data)
-    rows = [fn(shared, {k: v[i] for k, v in per_task.items()}, *(d[i] for d in data)) for i in range(data[0].shape[0])]
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-
-
 def _execution(execution: str, net: nn.Module, episodes: TaskBatch) -> str:
     """vmap or loop over episodes, by the measured rule of :func:`choose_execution` (fine-tuning
     touches the support set at every step, so its size decides)."""
@@ -238,4 +231,4 @@ def evaluate(net: nn.Module, theta: Params, episodes: TaskBatch, seed: int = 0, 
         return {**task_metrics(net, "cross_entropy", phi, x_ts, y_ts), **chosen}
 
     mode = _execution(execution, net, episodes)
-    return _map(task, mode, shared, per_task, (episodes.x_tr, episodes.y_tr, episodes.x_ts, episodes.y_ts))
+    return map_tasks(task, mode, (shared,), (per_task, episodes.x_tr, episodes.y_tr, episodes.x_ts, episodes.y_ts))

@@ -104,8 +104,8 @@ def map_tasks(fn, execution: str, shared: tuple, per_task: tuple):
     def index(t, i):
         return {k: v[i] for k, v in t.items()} if isinstance(t, dict) else t[i]
 
-    first = per_task[0]
-    tasks = next(iter(first.values())).shape[0] if isinstance(first, dict) else first.shape[0]
+    leaves = [v for t in per_task for v in (t.values() if isinstance(t, dict) else (t,))]
+    tasks = leaves[0].shape[0]  # a dict may be empty (nothing of θ differs between tasks)
     return _stack([fn(*shared, *(index(t, i) for t in per_task)) for i in range(tasks)])
 
 

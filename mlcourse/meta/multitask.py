@@ -21,11 +21,10 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import vmap
 
 from ..checks import check_count
 from ..nets import Params, check_functional, forward
-from .functional import choose_execution
+from .functional import choose_execution, map_tasks
 
 KINDS = ("shared", "hard", "conditioned", "independent")
 PER_TASK = ("heads.", "nets.")  # prefixes of parameters with a leading task dimension
@@ -171,10 +170,7 @@ class MultiTask:
         if x.dim() < 2 or x.shape[0] != self.num_tasks:
             raise ValueError(f"x must have shape [M={self.num_tasks}, examples, ...], got {tuple(x.shape)}.")
         shared, per_task = self._split(params)
-        if self._execution(x) == "vmap":
-            return vmap(self._one, in_dims=(None, 0, 0))(shared, per_task, x)
-        return torch.stack([self._one(shared, {k: v[i] for k, v in per_task.items()}, x[i])
-                            for i in range(self.num_tasks)])
+        return map_tasks(self._one, self._execution(x), (shared,), (per_task, x))
 
     def task_metrics(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_i(θ, D_i) for every task (and accuracy for classification), each of shape [M]."""
