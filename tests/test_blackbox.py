@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlcourse.meta.blackbox import CNP, BlackBox, HyperNetwork, SetEncoder
-from mlcourse.nets import MLP, count_params, forward, init_params
+from mlcourse.nets import MLP, count_params, forward
 from mlcourse.tasks import SinusoidFamily, TaskBatch
 
 D = torch.float64

@@ -12,7 +12,7 @@ from mlcourse.meta.finetune import (cross_validate, descend, evaluate, finetune,
 from mlcourse.meta.finetune_options import layer_groups
 from mlcourse.meta.functional import sgd_steps, task_loss
 from mlcourse.meta.pretrain import pretrain
-from mlcourse.nets import Conv4, forward, init_params
+from mlcourse.nets import Conv4, init_params
 from mlcourse.tasks import EpisodeSampler, TaskBatch
 
 F64 = torch.float64

@@ -3,11 +3,11 @@
 import pytest
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import vmap
 
 from mlcourse.meta.functional import sgd_steps, task_loss
 from mlcourse.meta.imaml import IMAML, CGWarning, conjugate_gradient
-from mlcourse.nets import MLP, forward
+from mlcourse.nets import MLP
 from mlcourse.tasks import SinusoidFamily, TaskBatch
 
 F64 = torch.float64

@@ -1,7 +1,5 @@
 """Chapter 6, first-order MAML."""
 
-import torch
-
 from ..meta.maml import MAML
 from ..tasks import TaskBatch
 from .core import Case, exercise

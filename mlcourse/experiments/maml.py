@@ -22,7 +22,7 @@ from .. import train
 from ..graphs import fast_step
 from ..meta.maml import MAML
 from ..meta.reptile import Reptile
-from ..nets import MLP, Conv4, init_params
+from ..nets import MLP, Conv4
 from ..reproduce import experiment
 from ..stats import mean_ci95
 from ..tasks import EpisodeSampler, SinusoidFamily, load_omniglot

@@ -155,12 +155,11 @@ def meta_train(net: nn.Module, params: Params, optimizer: torch.optim.Optimizer,
         x, y = sequences.sample(meta_batch)
         return sequence_step(net, params, optimizer, x, y)
 
-    evaluate = None
-    if evaluate_on is not None:
-        def evaluate(_):
-            accuracy = evaluate_by_instance(net, params, evaluate_on, eval_episodes, instances=instances).mean(0)
-            return {f"instance_{k}": float(a) for k, a in zip(instances, accuracy)}
+    def evaluate(_):
+        accuracy = evaluate_by_instance(net, params, evaluate_on, eval_episodes, instances=instances).mean(0)
+        return {f"instance_{k}": float(a) for k, a in zip(instances, accuracy)}
 
-    return fit(step, iterations, log_every=min(log_every, max(iterations, 1)), evaluate=evaluate,
+    return fit(step, iterations, log_every=min(log_every, max(iterations, 1)),
+               evaluate=None if evaluate_on is None else evaluate,
                eval_every=eval_every, desc=desc, progress=progress,
                hint="try a smaller learning rate or gradient clipping")
