@@ -1,0 +1,131 @@
+"""The one interface every meta-learner of the course meets.
+
+A learner is the lecture's pair (θ, Alg): meta-parameters θ and an adaptation procedure that
+turns θ and a task's training set into task parameters φ_i = Alg(θ, D_i^tr), judged on the
+task's test set by L(φ_i, D_i^ts). Every learner in :mod:`mlcourse.meta` (MAML and its family,
+Reptile, iMAML, the black-box and metric-based learners) and MAML for RL is used the same way::
+
+    learner = MAML(Conv4(5), "cross_entropy", inner_lr=0.4)
+    theta = learner.init_params(device)                 # every meta-parameter, in one dict
+    optimizer = torch.optim.Adam(theta.values(), lr=1e-3)
+    for it in range(iterations):
+        metrics = learner.step(theta, optimizer, sampler.sample(32))   # one meta-update
+    per_task = learner.evaluate(theta, test_batch)      # query metrics after adaptation
+
+so that training loops, evaluation, reproductions and distributed training are written once
+and never ask which learner they hold.
+
+The pieces:
+
+- :meth:`Learner.init_params` — θ: *all* meta-parameters as one flat dict of leaf tensors that
+  require grad (the network's weights, and whatever else the learner learns: Meta-SGD's rates,
+  MAML++'s per-step rates). One dict is what optimisers, checkpoints and all-reduces take.
+- :meth:`Learner.adapt` — φ_i = Alg(θ, D_i^tr) for every task of a batch, stacked along a
+  leading task dimension (for a black-box learner: whatever f_θ(D^tr) produces).
+- :meth:`Learner.meta_gradient` — the gradient of the meta-objective (1/n) Σ_i L(φ_i, D_i^ts)
+  with respect to every entry of θ, with per-task diagnostics, as a :class:`MetaGradient`.
+  For Reptile it is the update direction θ − mean_i φ_i (a "pseudo-gradient").
+- :meth:`Learner.step` — one meta-update: the meta-gradient (averaged across processes under
+  ``torch.distributed``) handed to a torch optimiser. Provided here; learners rarely override it.
+- :meth:`Learner.evaluate` — per-task query metrics after test-time adaptation, no graph to θ.
+
+Gradient-based learners also offer ``adaptation_curve(theta, batch, steps)``: the query
+metrics after 0, 1, ..., ``steps`` adaptation steps (:class:`GradientLearner`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..nets import Params
+from ..tasks import TaskBatch
+
+
+@dataclass
+class MetaGradient:
+    """What :meth:`Learner.meta_gradient` returns, for every learner.
+
+    grads: a dict with the keys of θ: the gradient of the batch's mean meta-loss (for Reptile
+        the pseudo-gradient), detached.
+    metrics: per-task values, each of shape [tasks]: ``"loss"`` (the query loss after
+        adaptation) always, ``"accuracy"`` for classification, and the learner's own diagnostics
+        (iMAML's ``"cg_residual"``, ...). Tensors on the device: reading them is a host sync.
+    """
+
+    grads: Params
+    metrics: dict[str, torch.Tensor]
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """The batch means of the metrics (device tensors), as ``step`` returns them."""
+        return {k: v.float().mean() for k, v in self.metrics.items()}
+
+
+class Learner(ABC):
+    """The interface; see the module docstring. Subclasses set ``loss_kind`` ("mse" or
+    "cross_entropy", or the learner's own name of its objective)."""
+
+    loss_kind: str
+
+    @abstractmethod
+    def init_params(self, device=None, dtype=None) -> Params:
+        """θ: every meta-parameter as a flat dict of leaf tensors that require grad, on ``device``
+        (default :func:`mlcourse.runtime.device`)."""
+
+    @abstractmethod
+    def adapt(self, theta: Params, batch: TaskBatch, steps: int | None = None) -> Any:
+        """φ_i = Alg(θ, D_i^tr) for every task of ``batch``, stacked along a leading task dimension.
+        ``steps`` overrides the number of adaptation steps where the learner has them."""
+
+    @abstractmethod
+    def meta_gradient(self, theta: Params, batch: TaskBatch) -> MetaGradient:
+        """∇θ of the meta-objective on ``batch`` and per-task diagnostics."""
+
+    @abstractmethod
+    def evaluate(self, theta: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-task query metrics (each [tasks]) after adapting θ on each task's D^tr with the
+        learner's test-time procedure (``steps`` overrides its number of steps). No graph."""
+
+    def step(self, theta: Params, optimizer: torch.optim.Optimizer, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """One meta-update: θ ← optimizer(θ, ∇θ meta-loss). Returns the batch means of the metrics.
+
+        Under ``torch.distributed`` each process passes its own share of the meta-batch; the
+        gradients and metrics are averaged over processes before the update, which is then the
+        update of one process holding the whole meta-batch.
+        """
+        from .. import distributed
+
+        result = self.meta_gradient(theta, batch)
+        grads, metrics = distributed.average((result.grads, result.means()))
+        apply_gradients(theta, grads)
+        optimizer.step()
+        return metrics
+
+
+class GradientLearner(Learner):
+    """A learner whose adaptation is a sequence of steps: it can report every step's quality."""
+
+    @abstractmethod
+    def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int) -> dict[str, torch.Tensor]:
+        """Query metrics after 0, 1, ..., ``steps`` adaptation steps: tensors [tasks, steps + 1]."""
+
+
+def apply_gradients(theta: Params, grads: Params) -> None:
+    """Store ``grads`` as the ``.grad`` of each entry of θ, for a torch optimiser to use.
+
+    The existing ``.grad`` tensors are overwritten in place, so their addresses stay fixed
+    (a step replayed as a CUDA graph keeps reading the same memory).
+    """
+    missing = set(theta) ^ set(grads)
+    if missing:
+        raise KeyError(f"the gradient and θ disagree on entries {sorted(missing)[:4]}.")
+    with torch.no_grad():
+        for k, p in theta.items():
+            g = grads[k]
+            if p.grad is None or p.grad.shape != p.shape:
+                p.grad = g.detach().clone()
+            else:
+                p.grad.copy_(g)
