@@ -2,5 +2,6 @@
 
 from . import runtime
 
-__version__ = "0.1.0"
+# The release: pyproject.toml reads it, the chapters' Colab set-up cells install its tag v<version>.
+__version__ = "0.2.0"
 __all__ = ["runtime", "__version__"]

@@ -39,6 +39,18 @@ def _import_gymnasium():
     return gymnasium
 
 
+def missing_dependencies() -> str | None:
+    """None where the half-cheetah tasks can be built; otherwise what is missing and how to install it.
+
+    A chapter calls this to skip its half-cheetah part with a message instead of stopping.
+    """
+    try:
+        _import_gymnasium()
+    except ImportError as err:
+        return str(err)
+    return None
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence what C libraries write to file descriptor 2 (Python's own errors still propagate)."""
