@@ -120,8 +120,29 @@ def check_functional(net: nn.Module) -> None:
 
 
 def forward(net: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
-    """f_params(x): the network evaluated with the given parameters (θ or some φ_i)."""
-    return functional_call(net, params, (x,))
+    """f_params(x): the network evaluated with the given parameters (θ or some φ_i).
+
+    ``params`` must hold exactly the network's parameters: a missing entry would otherwise be
+    taken silently from the module's own initial weights, which belong to no θ.
+    """
+    check_params(net, params)
+    return functional_call(net, params, (x,), strict=True)
+
+
+def check_params(net: nn.Module, params: Params) -> None:
+    """A clear error unless ``params`` names exactly the parameters of ``net``."""
+    names = getattr(net, "_param_names", None)
+    if names is None:
+        names = net._param_names = frozenset(name for name, _ in net.named_parameters())
+    if not isinstance(params, dict):
+        raise TypeError(f"parameters must be a dict of tensors (θ or φ_i), got {type(params).__name__}.")
+    if params.keys() != names:
+        missing, unexpected = sorted(names - params.keys()), sorted(params.keys() - names)
+        raise ValueError(f"the parameters do not match {type(net).__name__}: "
+                         + (f"missing {missing[:4]}" if missing else "")
+                         + ("; " if missing and unexpected else "")
+                         + (f"unexpected {unexpected[:4]}" if unexpected else "")
+                         + f" (the network has {len(names)} parameter tensors: {sorted(names)[:4]}...).")
 
 
 def count_params(params: Params) -> int:
