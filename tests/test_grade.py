@@ -1,5 +1,6 @@
-"""The bulk grader on a folder of small submissions: correct, partial, empty, one that raises, one
-that loops, and one that is not a notebook at all."""
+"""The bulk grader on a small honest class, built from ``assign`` output as students would: correct,
+partial, empty, an answer cell that raises after its definition, one whose experiment loops
+forever, and a file that is not a notebook. The attacks are in test_grade_hostile.py."""
 
 import csv
 
@@ -7,7 +8,9 @@ import nbformat
 import pytest
 
 from mlcourse.assign import student_notebook
-from mlcourse.grade import grade_folder
+from mlcourse.grading import assignment
+from mlcourse.grading.grader import feedback_name, grade_folder
+from mlcourse.grading.sandbox import choose_mode
 
 SOLUTIONS = {
     "reptile.step": ("def reptile_step(theta, phis, beta):\n"
@@ -21,39 +24,49 @@ SOLUTIONS = {
 FUNCTIONS = {"reptile.step": "reptile_step", "tasks.sample_sinusoids": "sample_sinusoids"}
 
 
-def chapter_like(extra_first_cell: str | None = None):
+def chapter_like():
     """A small chapter: an import cell, then per exercise a solution cell and its check cell."""
     cells = [nbformat.v4.new_code_cell("import math\nimport torch\nfrom mlcourse import exercises")]
-    if extra_first_cell:
-        cells.append(nbformat.v4.new_code_cell(extra_first_cell))
     for exercise_id, source in SOLUTIONS.items():
         solution = nbformat.v4.new_code_cell(source)
         solution.metadata["tags"] = ["solution", "hide-cell"]
         cells += [solution, nbformat.v4.new_code_cell(f'exercises.check("{exercise_id}", {FUNCTIONS[exercise_id]});')]
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["mlcourse"] = {"kind": "student", "exercises": sorted(SOLUTIONS)}
+    return nb
+
+
+def answered(answers: dict[str, str]):
+    """The student notebook with some stubs replaced by the student's answers."""
+    nb = student_notebook(chapter_like())
+    for cell in nb.cells:
+        for function, source in answers.items():
+            if "student-answer" in cell.metadata.get("tags", []) and f"def {function}(" in cell.source:
+                cell.source = source
     return nb
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("submissions")
-    correct = chapter_like()
-    empty = student_notebook(correct)
-    partial = student_notebook(correct)
-    for cell in partial.cells:   # the student solved the Reptile exercise only
-        if "def reptile_step" in cell.source:
-            cell.source = SOLUTIONS["reptile.step"]
-    for name, nb in [("alice", correct), ("bob", partial), ("carol", empty),
-                     ("dave", chapter_like("raise RuntimeError('my code is broken')")),
-                     ("erin", chapter_like("while True:\n    pass"))]:
+    both = {FUNCTIONS[e]: s for e, s in SOLUTIONS.items()}
+    class_ = {
+        "alice": answered(both),
+        "bob": answered({"reptile_step": SOLUTIONS["reptile.step"]}),
+        "carol": answered({}),
+        "dave": answered({**both, "reptile_step": SOLUTIONS["reptile.step"] + "raise RuntimeError('my code is broken')\n"}),
+        "erin": answered({**both, "sample_sinusoids": SOLUTIONS["tasks.sample_sinusoids"] + "while True:\n    pass\n"}),
+    }
+    for name, nb in class_.items():
         (folder / name).mkdir()
         nbformat.write(nb, folder / name / "07_reptile.ipynb")
     (folder / "frank").mkdir()
     (folder / "frank" / "07_reptile.ipynb").write_text("{this is not json")
+    plan = folder.parent / f"{folder.name}-assignment.json"
+    assignment.save(plan, {"07_reptile": {"exercises": sorted(SOLUTIONS), "answer_cells": []}})
     out = folder / "scores.csv"
-    results = grade_folder(folder, out, cell_timeout=10, timeout=120, feedback=folder / "feedback")
+    results = grade_folder(folder, out, cell_timeout=4, timeout=120, feedback=folder / "feedback", jobs=2,
+                           assignment=plan)
     with open(out) as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
     return results, rows, folder
@@ -67,16 +80,16 @@ def test_scores_of_correct_partial_and_empty(graded):
     assert rows["carol"]["score"] == "0.00" and rows["carol"]["reptile.step"] == "0.00"
 
 
-def test_a_cell_that_raises_does_not_stop_the_checks(graded):
+def test_a_cell_that_raises_after_its_definition_still_counts(graded):
     _, rows, _ = graded
     assert rows["dave"]["score"] == "1.00"
     assert "raised RuntimeError: my code is broken" in rows["dave"]["notes"]
 
 
-def test_a_cell_that_loops_is_interrupted_and_the_rest_still_graded(graded):
+def test_a_cell_that_loops_is_killed_and_the_rest_still_graded(graded):
     _, rows, _ = graded
-    assert "longer than 10 s" in rows["erin"]["notes"] or "KeyboardInterrupt" in rows["erin"]["notes"]
-    assert rows["erin"]["score"] == "1.00"
+    assert "answer cell" in rows["erin"]["notes"] and "longer than 4 s and was killed" in rows["erin"]["notes"]
+    assert rows["erin"]["reptile.step"] == "1.00" and rows["erin"]["tasks.sample_sinusoids"] == "0.00"
 
 
 def test_an_invalid_notebook_gets_a_row_and_nothing_else_is_lost(graded):
@@ -86,7 +99,22 @@ def test_an_invalid_notebook_gets_a_row_and_nothing_else_is_lost(graded):
     assert "could not read it" in rows["frank"]["notes"]
 
 
+def test_every_row_records_its_sandbox_mode_and_the_file_it_graded(graded):
+    _, rows, _ = graded
+    mode = choose_mode().name
+    assert {rows[s]["sandbox"] for s in rows if s != "frank"} == {mode}
+    assert all(len(rows[s]["sha256"]) == 64 for s in rows)
+
+
 def test_feedback_files_hold_the_verdicts(graded):
-    _, _, folder = graded
-    text = (folder / "feedback" / "bob_07_reptile.txt").read_text()
+    _, rows, folder = graded
+    text = (folder / "feedback" / rows["bob"]["feedback"]).read_text()
     assert "Exercise reptile.step" in text and "not attempted" in text and "Hint:" in text
+    assert "3 of 3 checks passed" in text
+    assert rows["bob"]["feedback"] == feedback_name(b"bob/07_reptile.ipynb")
+
+
+def test_feedback_names_never_collide():
+    names = {feedback_name(p) for p in (b"a/b_c.ipynb", b"a_b/c.ipynb", b"a__b/c.ipynb", b"a/_b/c.ipynb",
+                                        b"caf\xe9/x.ipynb", b"caf\\xe9/x.ipynb")}
+    assert len(names) == 6

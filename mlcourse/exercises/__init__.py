@@ -1,9 +1,11 @@
-"""Checks for the chapters' coding exercises (one module per chapter) and the tools around them:
-:mod:`mlcourse.assign` writes student notebooks, :mod:`mlcourse.grade` grades a folder of them."""
+"""Checks for the chapters' exercises (one module per chapter) and the tools around them:
+:mod:`mlcourse.assign` writes student notebooks, :mod:`mlcourse.grade` grades a class of them in
+sandboxes (see :mod:`mlcourse.grading`)."""
 
 import importlib
 
-from .core import EXERCISES, MARKER, Case, Exercise, Verdict, check, exercise
+from .core import (EXERCISES, RECIPES, Built, Case, Exercise, Observation, Verdict, check, exercise, experiment,
+                   judge, observe, recipe)
 
 CHAPTER_MODULES = ("tasks", "multitask", "transfer", "blackbox", "maml", "fomaml", "reptile", "imaml", "maml_rl")
 
@@ -15,4 +17,5 @@ def load_all() -> dict:
     return EXERCISES
 
 
-__all__ = ["EXERCISES", "MARKER", "Case", "Exercise", "Verdict", "check", "exercise", "load_all"]
+__all__ = ["EXERCISES", "RECIPES", "Built", "Case", "Exercise", "Observation", "Verdict", "check", "exercise",
+           "experiment", "judge", "load_all", "observe", "recipe"]

@@ -9,6 +9,7 @@ from .core import Case, exercise
 
 @exercise("blackbox.lrua_write", chapter="04_blackbox", title="the least-recently-used memory write",
           function="lrua_write",
+          references=("mlcourse.meta.mann.write_memory", "mlcourse.meta.mann.write_weights", "mlcourse.meta.mann.least_used"),
           hint="rows = the `heads` least-used slots (argsort of usage); least-used weights are one-hot rows; "
                "w = σ(α)·read_before + (1 − σ(α))·least_used; clear the single least-used row, then add wᵀ·key.")
 def lrua_cases():
@@ -29,6 +30,7 @@ def lrua_cases():
 
 @exercise("blackbox.instance_accuracy", chapter="04_blackbox", title="accuracy at the k-th presentation of a class",
           function="instance_accuracy",
+          references=("mlcourse.meta.sequences.accuracy_by_instance", "mlcourse.meta.sequences.instance_numbers"),
           hint="a cumulative sum over time of the one-hot labels counts how often each label has been seen; keep the "
                "steps where that count for the current label equals k and average the correct predictions there.")
 def instance_accuracy_cases():

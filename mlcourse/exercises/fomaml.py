@@ -7,7 +7,7 @@ from .maml import regression_setup
 
 
 @exercise("fomaml.gradient", chapter="06_fomaml", title="the first-order meta-gradient of one task",
-          function="fo_gradient",
+          function="fo_gradient", references=("mlcourse.meta.maml.MAML", "mlcourse.meta.functional.sgd_steps"),
           hint="adapt from a detached copy of θ with `steps` SGD steps on (x_tr, y_tr), then return "
                "torch.func.grad(loss)(phi, x_ts, y_ts): the query gradient taken at φ, not at θ.")
 def fo_gradient_cases():
@@ -17,7 +17,7 @@ def fo_gradient_cases():
 
         def reference(loss, theta, x_tr, y_tr, x_ts, y_ts, alpha, steps, maml=maml):
             batch = TaskBatch(x_tr[None], y_tr[None], x_ts[None], y_ts[None])
-            return maml.meta_gradient(theta, batch)
+            return maml.meta_gradient(theta, batch).grads
 
         yield Case(f"α = {alpha}, {steps} inner step{'s' if steps > 1 else ''}",
                    args=(loss, theta, task.x_tr, task.y_tr, task.x_ts, task.y_ts, alpha, steps),

@@ -5,14 +5,21 @@ import torch
 from ..meta.functional import sgd_steps, task_loss
 from ..nets import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, exercise
+from .core import Built, Case, exercise, recipe
+
+
+@recipe("maml.mlp_loss")
+def mlp_loss(sizes, kind="mse"):
+    """L(φ, x, y) of an MLP with these layer sizes: the loss function the MAML exercises are given."""
+    return task_loss(MLP(tuple(sizes)), kind)
 
 
 def regression_setup(seed: int, hidden: int = 16):
-    """A random float64 MLP, its loss and a sinusoid task: the inputs of the MAML exercises."""
+    """A random float64 MLP, its loss (as a recipe, rebuilt wherever the check runs) and a sinusoid
+    task: the inputs of the MAML exercises."""
     torch.manual_seed(seed)
     net = MLP((1, hidden, hidden, 1))
-    loss = task_loss(net, "mse")
+    loss = Built("maml.mlp_loss", sizes=[1, hidden, hidden, 1])
     theta = init_params(net, "cpu", torch.float64)
     task = SinusoidFamily().sample(1, 10, device="cpu", dtype=torch.float64,
                                    generator=torch.Generator().manual_seed(seed))[0]
@@ -20,7 +27,7 @@ def regression_setup(seed: int, hidden: int = 16):
 
 
 @exercise("maml.adapt", chapter="05_maml", title="the inner loop with several steps and per-parameter rates",
-          function="adapt",
+          function="adapt", references=("mlcourse.meta.functional.sgd_steps", "mlcourse.meta.maml.MAML"),
           hint="repeat `steps` times: g = torch.func.grad(loss)(phi, x, y), then phi = {k: phi[k] − α_k · g[k]}, where α_k "
                "is alpha itself or alpha[k] when alpha is a dict. Do not detach anything.")
 def adapt_cases():

@@ -10,7 +10,7 @@ from .core import Case, exercise
 
 
 @exercise("multitask.uncertainty", chapter="02_multitask", title="the uncertainty-weighted multi-task loss",
-          function="uncertainty_weighted",
+          function="uncertainty_weighted", references=("mlcourse.meta.multitask.MultiTask",),
           hint="return the mean over tasks of ½·exp(−s_i)·L_i + ½·s_i, with s = log_var, as one tensor expression.")
 def uncertainty_cases():
     generator = torch.Generator().manual_seed(0)
@@ -24,7 +24,7 @@ def uncertainty_cases():
 
 
 @exercise("multitask.linear_heads", chapter="02_multitask", title="per-task linear heads as one batched product",
-          function="linear_heads",
+          function="linear_heads", references=("mlcourse.meta.multitask.MultiTask",),
           hint="torch.einsum('mnd,mod->mno', features, weight) plus the bias broadcast over the n examples "
                "(bias[:, None, :]).")
 def linear_heads_cases():

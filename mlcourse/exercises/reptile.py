@@ -6,7 +6,7 @@ from .core import Case, exercise
 
 
 @exercise("reptile.step", chapter="07_reptile", title="the Reptile update",
-          function="reptile_step",
+          function="reptile_step", references=("mlcourse.meta.reptile.Reptile",),
           hint="for every parameter name: θ + β · mean over tasks (dimension 0) of (φ_i − θ). Note the sign: θ moves "
                "toward the φ_i.")
 def reptile_step_cases():

@@ -37,7 +37,7 @@ def _sinusoid_sample(expected, given) -> str | None:
 
 
 @exercise("tasks.sample_sinusoids", chapter="01_tasks", title="sample a batch of sinusoid tasks",
-          function="sample_sinusoids",
+          function="sample_sinusoids", references=("mlcourse.tasks.SinusoidFamily",),
           hint="draw A ~ U[0.1, 5] and b ~ U[0, π] per task ([n, 1, 1]) and x ~ U[-5, 5] ([n, k, 1]) with torch.rand, "
                "then y = A · sin(x − b), all in one broadcast.")
 def sample_sinusoids_cases():

@@ -7,6 +7,7 @@ from .core import Case, describe, exercise
 
 @exercise("transfer.discriminative_rates", chapter="03_transfer", title="discriminative (layer-wise) learning rates",
           function="discriminative_rates",
+          references=("mlcourse.meta.finetune_options.plan", "mlcourse.meta.finetune_options.options"),
           hint="layer_groups(theta) lists the G groups (name, parameter names) from input to output; a parameter of "
                "group l gets α · decay ** (G − 1 − l), so the last group keeps α.")
 def discriminative_rates_cases():
