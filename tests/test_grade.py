@@ -1,6 +1,7 @@
 """The bulk grader on a small honest class, built from ``assign`` output as students would: correct,
-partial, empty, an answer cell that raises after its definition, one whose experiment loops
-forever, and a file that is not a notebook. The attacks are in test_grade_hostile.py."""
+partial, empty, an answer cell that raises after its definition, one whose definition is followed
+by a loop that never ends, and a file that is not a notebook. The attacks are in
+test_grade_hostile.py."""
 
 import csv
 
@@ -86,10 +87,11 @@ def test_a_cell_that_raises_after_its_definition_still_counts(graded):
     assert "raised RuntimeError: my code is broken" in rows["dave"]["notes"]
 
 
-def test_a_cell_that_loops_is_killed_and_the_rest_still_graded(graded):
+def test_a_cell_that_loops_is_killed_and_its_definitions_still_graded(graded):
     _, rows, _ = graded
     assert "answer cell" in rows["erin"]["notes"] and "longer than 4 s and was killed" in rows["erin"]["notes"]
-    assert rows["erin"]["reptile.step"] == "1.00" and rows["erin"]["tasks.sample_sinusoids"] == "0.00"
+    assert "its functions were defined without the rest of the cell" in rows["erin"]["notes"]
+    assert rows["erin"]["reptile.step"] == "1.00" and rows["erin"]["tasks.sample_sinusoids"] == "1.00"
 
 
 def test_an_invalid_notebook_gets_a_row_and_nothing_else_is_lost(graded):

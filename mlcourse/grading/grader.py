@@ -158,12 +158,14 @@ def grade_submission(sub: submissions.Submission, exercises: list[Exercise], pre
     output = Output(settings.limits.output_kb << 10)
     deadline = began + settings.timeout
     imports = submissions.needed_imports(sub)
-    cells = ([submissions.AnswerCell(-1, "\n".join(imports))] if imports else []) + sub.cells
+    cells = [c for c in sub.cells if submissions.defines(c)]
+    skipped = [str(c.index) for c in sub.cells if c not in cells]
+    if skipped:
+        result.notes.append(f"answer cell{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} define no function "
+                            "and were not run (experiments and written answers are for the teacher to read)")
+    cells = ([submissions.AnswerCell(-1, "\n".join(imports))] if imports else []) + cells
     state = {"box": None, "good": [], "restarts": 0}
     preload = any(protocol.needs_torch(p.request) for ex in exercises for p in prepared[ex.id])
-
-    def name(cell):
-        return "the notebook's imports" if cell.index < 0 else cell.name
 
     def limit(seconds: float) -> float:
         left = deadline - time.monotonic()
@@ -179,18 +181,18 @@ def grade_submission(sub: submissions.Submission, exercises: list[Exercise], pre
     def execute(cell, replay: bool) -> bool:
         """Run one cell; False when it hung or ended the sandbox (it is then left out)."""
         try:
-            reply = state["box"].request({"op": "exec", "name": name(cell), "source": cell.source},
+            reply = state["box"].request({"op": "exec", "name": cell.name, "source": cell.source},
                                          limit(settings.cell_timeout))
         except SandboxDied as err:
             what = (f"ran longer than {settings.cell_timeout:g} s and was killed" if err.timed_out
                     else f"ended the sandbox ({err})")
-            result.notes.append(f"{name(cell)} {what}{' when run again' if replay else ''}; it is left out")
+            result.notes.append(f"{cell.name} {what}{' when run again' if replay else ''}; it is left out")
             lost(err)
             if cell in state["good"]:
                 state["good"].remove(cell)
             return False
         if reply["status"] != "ok" and not replay:
-            result.notes.append(f"{name(cell)} raised {str(reply.get('error'))[:300]}")
+            result.notes.append(f"{cell.name} raised {str(reply.get('error'))[:300]}")
         return True
 
     def ensure() -> Sandbox:
@@ -216,6 +218,11 @@ def grade_submission(sub: submissions.Submission, exercises: list[Exercise], pre
             ensure()
             if execute(cell, replay=False):
                 state["good"].append(cell)
+            elif (fallback := submissions.definitions_only(cell)) is not None:
+                ensure()
+                if execute(fallback, replay=False):
+                    state["good"].append(fallback)
+                    result.notes.append(f"{cell.name}: its functions were defined without the rest of the cell")
         for ex in exercises:
             result.feedback.append(f"Exercise {ex.id}: {ex.title}")
             passed, status = 0, None

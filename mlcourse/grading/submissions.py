@@ -32,12 +32,15 @@ def shown(path: str) -> str:
 
 @dataclass
 class AnswerCell:
-    index: int
+    index: int                 # the cell's position in the notebook (-1: the notebook's imports)
     source: str
+    definitions: bool = False  # only the cell's definitions, its other statements left out
 
     @property
     def name(self) -> str:
-        return f"answer cell {self.index}"
+        if self.index < 0:
+            return "the notebook's imports"
+        return f"answer cell {self.index}" + (" (its definitions only)" if self.definitions else "")
 
 
 @dataclass
@@ -146,6 +149,28 @@ def parse(source: str) -> ast.Module | None:
         return ast.parse(without_magics(source))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
+
+
+DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def defines(cell: AnswerCell) -> bool:
+    """Whether a cell defines a function or class (what the checks call); a cell that does not
+    parse is run too, so that its SyntaxError reaches the feedback."""
+    tree = parse(cell.source)
+    return tree is None or any(isinstance(n, DEFINITIONS[2:]) for n in tree.body)
+
+
+def definitions_only(cell: AnswerCell) -> AnswerCell | None:
+    """The cell's imports, functions and classes without the rest (the fallback for a cell whose
+    definition is followed by code that runs too long); None when that is the whole cell."""
+    tree = parse(cell.source)
+    if tree is None:
+        return None
+    kept = [n for n in tree.body if isinstance(n, DEFINITIONS)]
+    if len(kept) == len(tree.body) or not any(isinstance(n, DEFINITIONS[2:]) for n in kept):
+        return None
+    return AnswerCell(cell.index, "\n\n".join(ast.unparse(n) for n in kept), definitions=True)
 
 
 def import_statements(source: str) -> list[str]:
