@@ -4,65 +4,33 @@
     python -m mlcourse.reproduce maml-sinusoid                 # the paper's scale (use a GPU)
     python -m mlcourse.reproduce maml-sinusoid --scale quick   # a smoke test of the same code
 
-Each experiment lives in a module of :mod:`mlcourse.experiments` and registers itself with
-:func:`experiment`. Its function takes ``(scale, device)`` and returns a dict with ``metrics``
-(name -> {"value", "ci95", "paper", "unit"}), ``settings`` and ``notes``; this module adds the
-provenance (device, torch version, wall time, commit, date) and writes
-``book/results/<name>.json`` atomically. The Results page of the book renders those files.
+Each experiment lives in a module of :mod:`mlcourse.experiments` and is registered with its
+settings dataclass. This module picks the settings of the scale asked for, runs the experiment,
+adds the settings and the provenance (device, torch version, wall time, commit, date) and writes
+``<out>/<name>.json`` atomically (default: :func:`mlcourse.records.results_dir`). The Results page
+of the book renders those files.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
-import pkgutil
 import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-SCALES = ("paper", "book", "quick")
-RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"
-
-
-@dataclass
-class Experiment:
-    name: str
-    run: Callable[[str, torch.device], dict]
-    title: str
-    paper: str          # citation key of the paper whose number is reproduced
-    gpu_minutes: float  # expected wall time at the paper's scale on one modern GPU
-
-
-EXPERIMENTS: dict[str, Experiment] = {}
-
-
-def experiment(name: str, title: str, paper: str, gpu_minutes: float):
-    """Register ``fn(scale, device) -> dict`` as a reproducible experiment called ``name``."""
-
-    def register(fn):
-        if name in EXPERIMENTS:
-            raise ValueError(f"experiment {name!r} is registered twice.")
-        EXPERIMENTS[name] = Experiment(name, fn, title, paper, gpu_minutes)
-        return fn
-
-    return register
+from .experiments import EXPERIMENTS, Experiment
+from .settings import SCALES, Settings
 
 
 def discover() -> dict[str, Experiment]:
-    """Import every module of mlcourse.experiments so that their experiments register."""
-    from . import experiments
-
-    for module in pkgutil.iter_modules(experiments.__path__):
-        importlib.import_module(f"{experiments.__name__}.{module.name}")
+    """The registered experiments (they register when :mod:`mlcourse.experiments` is imported)."""
     return EXPERIMENTS
 
 
@@ -81,38 +49,64 @@ def _commit() -> str:
         return "unknown"
 
 
-def run(name: str, scale: str = "paper", device=None, out: Path | None = None, iterations: int | None = None) -> dict:
-    """Run one experiment and write its record; returns the record. ``iterations`` shortens (or
-    lengthens) meta-training at the scale's other settings, for a run that must fit a time
-    budget; the record's scale then says so."""
-    from . import runtime
-
-    experiments = discover()
-    if name not in experiments:
-        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(experiments))}.")
+def settings_for(name: str, scale: str = "paper", iterations: int | None = None) -> Settings:
+    """The settings experiment ``name`` runs with at ``scale``, with ``iterations`` replacing the
+    scale's number of meta-iterations (to fit a time budget). Checks everything before any run."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}.")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
-    exp = experiments[name]
-    device = runtime.device() if device is None else torch.device(device)
+    settings = EXPERIMENTS[name].settings.at(scale)
+    if iterations is not None:
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be an int >= 1, got {iterations!r}.")
+        if not hasattr(settings, "iterations"):
+            raise ValueError(f"experiment {name!r} counts its training in other units than meta-iterations; "
+                             f"its settings are {sorted(settings.record())}.")
+        settings = settings.replace(iterations=iterations)
+    return settings
+
+
+def scale_label(settings: Settings) -> str:
+    """What a record's scale is, in words: "paper", or "paper settings, 34,000 of 60,000 iterations"."""
+    preset = type(settings).at(settings.scale)
+    changed = {k: v for k, v in settings.record().items() if v != preset.record()[k]}
+    if not changed:
+        return settings.scale
+    if set(changed) == {"iterations"}:
+        return f"{settings.scale} settings, {settings.iterations:,} of {preset.iterations:,} iterations"
+    return f"{settings.scale} settings with " + ", ".join(f"{k} = {v}" for k, v in changed.items())
+
+
+def run(name: str, scale: str = "paper", device=None, out: Path | None = None, iterations: int | None = None) -> dict:
+    """Run one experiment and write its record; returns the record."""
+    from . import records, runtime
+
+    settings = settings_for(name, scale, iterations)
+    device = runtime.device() if device is None else runtime.check_device(device)
+    exp = EXPERIMENTS[name]
     runtime.seed(0)
     began = time.perf_counter()
-    result = exp.run(scale, device) if iterations is None else exp.run(scale, device, iterations=iterations)
-    label = scale if iterations is None else f"{scale} settings, {iterations:,} meta-iterations"
+    result = exp.run(settings, device)
+    command = f"python -m mlcourse.reproduce {name} --scale {scale}" + (
+        "" if iterations is None else f" --iterations {iterations}")
     record = {
-        "name": name, "title": exp.title, "paper": exp.paper, "scale": label, **result,
+        "name": name, "title": exp.title, "paper": exp.paper, "scale": scale_label(settings), **result,
+        "settings": settings.record(),
         "provenance": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "torch": torch.__version__, "python": platform.python_version(),
             "wall_seconds": round(time.perf_counter() - began, 1), "commit": _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": f"python -m mlcourse.reproduce {name} --scale {scale}"
-                       + ("" if iterations is None else f" --iterations {iterations}"),
+            "command": command,
         },
     }
-    out = RESULTS if out is None else Path(out)
+    out = records.results_dir() if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
         json.dump(record, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(f.name, out / f"{name}.json")
     return record
 
@@ -123,15 +117,26 @@ def main(argv=None) -> None:
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--scale", default="paper", choices=SCALES)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: mlcourse.runtime.device())")
-    parser.add_argument("--out", default=None, help=f"folder for the records (default {RESULTS})")
+    parser.add_argument("--out", default=None, help="folder for the records (default: mlcourse.records.results_dir())")
     parser.add_argument("--iterations", type=int, default=None,
                         help="meta-iterations instead of the scale's own (to fit a time budget)")
     args = parser.parse_args(argv)
-    experiments = discover()
     if args.list or not args.names:
-        for exp in sorted(experiments.values(), key=lambda e: e.name):
+        for exp in sorted(EXPERIMENTS.values(), key=lambda e: e.name):
             print(f"{exp.name:28s} ~{exp.gpu_minutes:g} GPU-min  {exp.title}")
         return
+    # Everything is checked before anything runs: a typo in the second name must not wait for the first run.
+    from . import runtime
+
+    try:
+        for name in args.names:
+            settings_for(name, args.scale, args.iterations)
+        if args.device is not None:
+            runtime.check_device(args.device)
+        if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a file; it must name a folder for the records.")
+    except (KeyError, ValueError, RuntimeError) as err:
+        parser.error(str(err.args[0]) if err.args else str(err))
     for name in args.names:
         record = run(name, args.scale, args.device, args.out, args.iterations)
         metrics = ", ".join(f"{k} {m['value']:.4g}" + (f" ± {m['ci95']:.2g}" if m.get("ci95") is not None else "")
@@ -140,7 +145,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main: experiments register in mlcourse.reproduce, not in __main__.
+    # Run the imported module's main, not a second copy of this file as __main__.
     from mlcourse import reproduce
 
     reproduce.main()

@@ -32,22 +32,45 @@ def device() -> torch.device:
     """
     wanted = os.environ.get("MLCOURSE_DEVICE", "").strip()
     if wanted:
-        kind = wanted.split(":")[0]
-        if kind not in _DEVICES:
-            raise ValueError(
-                f"MLCOURSE_DEVICE={wanted!r} is not a device; use one of "
-                f"{', '.join(_DEVICES)} (optionally with an index, e.g. cuda:0)."
-            )
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"MLCOURSE_DEVICE={wanted!r} but this torch sees no CUDA GPU.")
-        if kind == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(f"MLCOURSE_DEVICE={wanted!r} but MPS is not available here.")
-        return torch.device(wanted)
+        try:
+            return check_device(wanted)
+        except (ValueError, RuntimeError) as err:
+            raise type(err)(f"MLCOURSE_DEVICE={wanted!r}: {err}") from None
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(wanted) -> torch.device:
+    """``wanted`` as a torch.device if this machine has it, else an error saying what it has."""
+    try:
+        dev = torch.device(wanted)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{wanted!r} is not a device; use one of {', '.join(_DEVICES)} "
+                         "(optionally with an index, e.g. cuda:0).") from None
+    if dev.type not in _DEVICES:
+        raise ValueError(f"{wanted!r} is not a device the course runs on; use one of {', '.join(_DEVICES)}.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {wanted!r} asked for, but this torch sees no CUDA GPU "
+                               f"(torch {torch.__version__}); use 'cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {wanted!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {wanted!r} asked for, but MPS is not available here; use 'cpu'.")
+    return dev
+
+
+FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_dtype(dtype):
+    """``dtype`` if it is None or a floating-point torch dtype (parameters must be differentiable)."""
+    if dtype is not None and dtype not in FLOAT_TYPES:
+        raise ValueError(f"parameters need a floating-point dtype ({', '.join(map(str, FLOAT_TYPES))}), got {dtype!r}.")
+    return dtype
 
 
 def seed(n: int) -> torch.Generator:

@@ -148,4 +148,5 @@ def test_mann_reproduction_runs_at_quick_scale(tmp_path, omniglot_dir):
         for k in (1, 2, 3, 4, 5, 10):
             metric = record["metrics"][f"{kind}_instance_{k}"]
             assert 0 <= metric["value"] <= 100 and metric["unit"] == "%" and metric["paper"] > 0
-    assert record["settings"]["memory"] == [128, 40] and record["settings"]["read_heads"] == 4
+    assert record["architecture"]["memory"] == [128, 40] and record["architecture"]["read_heads"] == 4
+    assert record["settings"]["episodes"] == 32 and record["settings"]["scale"] == "quick"

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mlcourse.meta.maml import MAML
+from mlcourse.meta.metasgd import PREFIX, MetaSGD
 from mlcourse.nets import MLP, Conv4, forward
 from mlcourse.tasks import SinusoidFamily, TaskBatch
 from mlcourse.train import DivergenceError, fit
@@ -68,7 +69,7 @@ def test_second_order_meta_gradient_matches_finite_differences(steps):
     maml = MAML(MLP((1, 6, 6, 1)), "mse", inner_lr=0.1, inner_steps=steps)
     theta = maml.init_params("cpu", F64)
     batch = sinusoids()
-    analytic = maml.meta_gradient(theta, batch)
+    analytic = maml.meta_gradient(theta, batch).grads
     numeric = finite_difference(lambda p: maml.meta_loss(p, batch)[0], theta)
     assert_dicts_close(analytic, numeric, rtol=1e-5, atol=1e-7)
 
@@ -81,7 +82,7 @@ def test_vectorised_equals_textbook_loop(first_order, execution):
     maml = MAML(net, "mse", inner_lr=0.05, inner_steps=3, first_order=first_order, execution=execution)
     theta = maml.init_params("cpu", F64)
     batch = sinusoids(tasks=5)
-    assert_dicts_close(maml.meta_gradient(theta, batch),
+    assert_dicts_close(maml.meta_gradient(theta, batch).grads,
                        textbook_meta_gradient(net, theta, batch, 0.05, 3, first_order), rtol=1e-10, atol=1e-12)
 
 
@@ -93,7 +94,7 @@ def test_zero_inner_steps_is_the_ordinary_gradient():
     x, y = batch.x_ts.reshape(-1, 1), batch.y_ts.reshape(-1, 1)
     loss = (forward(net, theta, x) - y).pow(2).mean()   # equal query sizes: the mean of means
     expected = dict(zip(theta, torch.autograd.grad(loss, list(theta.values()))))
-    assert_dicts_close(maml.meta_gradient(theta, batch), expected, rtol=1e-10, atol=1e-12)
+    assert_dicts_close(maml.meta_gradient(theta, batch).grads, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_first_order_is_the_query_gradient_at_phi():
@@ -103,13 +104,13 @@ def test_first_order_is_the_query_gradient_at_phi():
     batch = sinusoids(tasks=4)
     expected = {k: torch.zeros_like(v) for k, v in theta.items()}
     for task in batch:
-        phi = {k: v.detach().requires_grad_(True) for k, v in maml.adapt(theta, task.x_tr, task.y_tr).items()}
+        phi = {k: v.detach().requires_grad_(True) for k, v in maml.adapt(theta, task).items()}
         query = (forward(net, phi, task.x_ts) - task.y_ts).pow(2).mean()
         for (k, _), g in zip(phi.items(), torch.autograd.grad(query, list(phi.values()))):
             expected[k] += g / batch.num_tasks
-    assert_dicts_close(maml.meta_gradient(theta, batch), expected, rtol=1e-10, atol=1e-12)
+    assert_dicts_close(maml.meta_gradient(theta, batch).grads, expected, rtol=1e-10, atol=1e-12)
     # ... and it differs from the second-order gradient
-    second = MAML(net, "mse", inner_lr=0.1, inner_steps=2).meta_gradient(theta, batch)
+    second = MAML(net, "mse", inner_lr=0.1, inner_steps=2).meta_gradient(theta, batch).grads
     assert any((second[k] - expected[k]).abs().max() > 1e-6 for k in theta)
 
 
@@ -134,21 +135,67 @@ def test_linear_regression_closed_form():
         c = 2 / k * batch.x_tr[i].T @ batch.y_tr[i]
         phi = (eye - alpha * a) @ w + alpha * c
         expected += (eye - alpha * a) @ (2 / q * batch.x_ts[i].T @ (batch.x_ts[i] @ phi - batch.y_ts[i])) / tasks
-    torch.testing.assert_close(maml.meta_gradient(theta, batch)["0.weight"], expected.T, rtol=1e-10, atol=1e-12)
-    phi0 = maml.adapt(theta, batch.x_tr[0], batch.y_tr[0])["0.weight"].T
+    torch.testing.assert_close(maml.meta_gradient(theta, batch).grads["0.weight"], expected.T, rtol=1e-10, atol=1e-12)
+    phi0 = maml.adapt(theta, batch[0])["0.weight"].T
     a0 = 2 / k * batch.x_tr[0].T @ batch.x_tr[0]
     torch.testing.assert_close(phi0, (eye - alpha * a0) @ w + alpha * 2 / k * batch.x_tr[0].T @ batch.y_tr[0])
 
 
 def test_meta_sgd_learning_rates_get_the_right_gradient():
-    maml = MAML(MLP((1, 5, 1)), "mse", inner_lr=0.1, inner_steps=2)
-    theta = maml.init_params("cpu", F64)
-    alpha = maml.init_inner_lr(theta)
+    meta_sgd = MetaSGD(MLP((1, 5, 1)), "mse", inner_lr=0.1, inner_steps=2)
+    theta = meta_sgd.init_params("cpu", F64)
+    assert {k for k in theta if k.startswith(PREFIX)} == {PREFIX + k for k in meta_sgd.net.state_dict()}
     batch = sinusoids()
-    loss, _ = maml.meta_loss(theta, batch, inner_lr=alpha)
-    analytic = dict(zip(alpha, torch.autograd.grad(loss, list(alpha.values()))))
-    numeric = finite_difference(lambda a: maml.meta_loss(theta, batch, inner_lr=a)[0], alpha)
+    analytic = meta_sgd.meta_gradient(theta, batch).grads
+    numeric = finite_difference(lambda p: meta_sgd.meta_loss(p, batch)[0], theta)
     assert_dicts_close(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_first_order_meta_sgd_learns_its_rates():
+    """First order drops dφ/dθ but not dφ/dα: with one step φ = θ − α ⊙ g(θ) and g does not depend
+    on α, so the rates' gradient is the exact one, −g ⊙ ∇φL(φ, D^ts) (finite differences agree);
+    with two steps it is −(g₀ + g₁) ⊙ ∇φL with the step gradients held constant."""
+    torch.manual_seed(5)
+    net = MLP((1, 5, 1))
+    one = MetaSGD(net, "mse", inner_lr=0.1, inner_steps=1, first_order=True)
+    theta = one.init_params("cpu", F64)
+    with torch.no_grad():
+        for k, v in theta.items():
+            if k.startswith(PREFIX):
+                v.uniform_(0.02, 0.2)
+    batch = sinusoids(tasks=4)
+    grads = one.meta_gradient(theta, batch).grads
+    numeric = finite_difference(lambda p: one.meta_loss(p, batch)[0], theta)
+    for k in theta:
+        if k.startswith(PREFIX):
+            assert grads[k].abs().max() > 1e-6, f"{k} receives no gradient"
+            torch.testing.assert_close(grads[k], numeric[k], rtol=1e-5, atol=1e-7)
+    two = MetaSGD(net, "mse", inner_lr=0.1, inner_steps=2, first_order=True)
+    grads = two.meta_gradient(theta, batch).grads
+    params, rates = two.split(theta)
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+        phi, step_grads = {k: v.detach() for k, v in params.items()}, []
+        for _ in range(2):
+            phi = {k: v.requires_grad_(True) for k, v in phi.items()}
+            loss = (forward(net, phi, task.x_tr) - task.y_tr).pow(2).mean()
+            g = dict(zip(phi, torch.autograd.grad(loss, list(phi.values()))))
+            step_grads.append(g)
+            phi = {k: (phi[k] - rates[k].detach() * g[k]).detach() for k in phi}
+        phi = {k: v.requires_grad_(True) for k, v in phi.items()}
+        query = (forward(net, phi, task.x_ts) - task.y_ts).pow(2).mean()
+        q = dict(zip(phi, torch.autograd.grad(query, list(phi.values()))))
+        for k in params:
+            expected[k] += q[k] / batch.num_tasks                       # dφ/dθ = I
+            expected[PREFIX + k] += -(step_grads[0][k] + step_grads[1][k]) * q[k] / batch.num_tasks
+    assert_dicts_close(grads, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_meta_sgd_refuses_a_theta_without_rates():
+    meta_sgd = MetaSGD(MLP((1, 5, 1)), "mse")
+    theta = MAML(MLP((1, 5, 1)), "mse").init_params("cpu")
+    with pytest.raises(ValueError, match="needs a rate lr/<name>"):
+        meta_sgd.meta_gradient(theta, SinusoidFamily().sample(2, 3, device="cpu"))
 
 
 def test_conv4_vmap_equals_loop_and_uses_batch_statistics():
@@ -163,7 +210,7 @@ def test_conv4_vmap_equals_loop_and_uses_batch_statistics():
         maml = MAML(net, "cross_entropy", inner_lr=0.4, inner_steps=2, execution=execution)
         theta = maml.init_params("cpu", F64)
         torch.manual_seed(3)
-        grads[execution] = maml.meta_gradient(theta, batch)
+        grads[execution] = maml.meta_gradient(theta, batch).grads
     assert_dicts_close(grads["vmap"], grads["loop"], rtol=1e-9, atol=1e-11)
 
 
@@ -175,7 +222,7 @@ def test_adaptation_curve_matches_adapt():
     assert curve.shape == (3, 4)
     for i, task in enumerate(batch):
         for steps in range(4):
-            phi = maml.adapt(theta, task.x_tr, task.y_tr, steps=steps)
+            phi = maml.adapt(theta, task, steps=steps)
             expected = (forward(maml.net, phi, task.x_ts) - task.y_ts).pow(2).mean()
             torch.testing.assert_close(curve[i, steps], expected.detach())
 

@@ -1,8 +1,17 @@
 import json
+from dataclasses import dataclass
 
 import pytest
 
 from mlcourse import reproduce
+from mlcourse.experiments import Experiment
+from mlcourse.settings import Settings
+
+
+@dataclass(frozen=True)
+class TinySettings(Settings):
+    iterations: int = 60_000
+    SCALES = {"book": {"iterations": 600}, "quick": {"iterations": 3}}
 
 
 def test_experiments_register():
@@ -13,16 +22,44 @@ def test_experiments_register():
 
 
 def test_quick_run_writes_a_record_with_provenance(tmp_path, monkeypatch):
-    def tiny(scale, device):
-        return {"metrics": {"mse": {"value": 0.5, "ci95": 0.1, "paper": None, "unit": "MSE"}}, "settings": {"a": 1}}
+    seen = []
 
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", reproduce.Experiment("tiny", tiny, "Tiny", "finn2017maml", 0))
-    monkeypatch.setattr(reproduce, "discover", lambda: reproduce.EXPERIMENTS)
+    def tiny(settings, device):
+        seen.append(settings)
+        return {"metrics": {"mse": {"value": 0.5, "ci95": 0.1, "paper": None, "unit": "MSE"}}}
+
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", Experiment("tiny", tiny, "Tiny", "finn2017maml", 0, TinySettings))
     record = reproduce.run("tiny", "quick", "cpu", out=tmp_path)
     saved = json.loads((tmp_path / "tiny.json").read_text())
-    assert saved == record
+    assert saved == record and seen[0].iterations == 3
+    assert saved["settings"] == {"scale": "quick", "iterations": 3} and saved["scale"] == "quick"
     assert saved["provenance"]["device"] == "cpu" and saved["provenance"]["torch"]
     assert saved["provenance"]["command"] == "python -m mlcourse.reproduce tiny --scale quick"
+    shorter = reproduce.run("tiny", "paper", "cpu", out=tmp_path, iterations=34_000)
+    assert shorter["scale"] == "paper settings, 34,000 of 60,000 iterations"
+
+
+def test_every_name_and_flag_is_checked_before_anything_runs(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny",
+                        Experiment("tiny", lambda s, d: ran.append(s) or {"metrics": {}}, "Tiny", "x", 0, TinySettings))
+    for argv, message in [(["tiny", "nope"], "unknown experiment 'nope'"),
+                          (["tiny", "--iterations", "0"], "iterations must be an int >= 1, got 0"),
+                          (["tiny", "--device", "tpu"], "'tpu' is not a device"),
+                          (["tiny", "--scale", "huge"], "invalid choice: 'huge'")]:
+        with pytest.raises(SystemExit):
+            reproduce.main(argv)
+        assert message in capsys.readouterr().err
+    assert not ran
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_a_gpu_asked_for_without_one_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny",
+                        Experiment("tiny", lambda s, d: {"metrics": {}}, "Tiny", "x", 0, TinySettings))
+    with pytest.raises(SystemExit):
+        reproduce.main(["tiny", "--device", "cuda"])
+    assert "sees no CUDA GPU" in capsys.readouterr().err
 
 
 def test_maml_sinusoid_at_quick_scale(tmp_path):

@@ -50,7 +50,7 @@ def test_adam_inner_optimizer_matches_torch_adam_with_beta1_zero():
     reptile = Reptile(net, "mse", inner_lr=0.01, inner_steps=3, inner_optimizer="adam")
     theta = reptile.init_params("cpu", F64)
     batch = SinusoidFamily().sample(1, 8, device="cpu", dtype=F64)
-    phi = reptile.solutions(theta, batch)
+    phi = reptile.adapt(theta, batch)
     params = [v.detach().clone().requires_grad_(True) for v in theta.values()]
     adam = torch.optim.Adam(params, lr=0.01, betas=(0.0, 0.999), eps=1e-8)
     for _ in range(3):
@@ -71,7 +71,7 @@ def test_conv_net_vmap_equals_loop():
     results = []
     for execution in ("vmap", "loop"):
         reptile = Reptile(net, "cross_entropy", inner_lr=0.1, inner_steps=2, execution=execution)
-        results.append(reptile.meta_gradient(reptile.init_params("cpu", F64), batch))
+        results.append(reptile.meta_gradient(reptile.init_params("cpu", F64), batch).grads)
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-9, atol=1e-11)
 

@@ -100,7 +100,7 @@ def test_policy_gradient_is_unbiased():
     policy, theta = policy_and_theta()
     traj, adv = sample(policy, theta, 400, 250)
     alpha = 0.1
-    phi = learner(policy, alpha=alpha).adapt(theta, traj, adv)       # φ_m = θ + α ĝ_m, one per replicate
+    phi = learner(policy, alpha=alpha).inner_step(theta, traj, adv)       # φ_m = θ + α ĝ_m, one per replicate
     per_replicate = torch.cat([((phi[k] - theta[k]) / alpha).detach().flatten(1) for k in theta], 1)
     estimate, se = mean_and_se(per_replicate)
     exact = flat(value_grad(theta).values()).detach() / H
@@ -136,12 +136,12 @@ def _meta_gradients(policy, theta, estimator, alpha, replicates, n, first_order=
     averaged within ``groups`` groups: [groups, P], each row an independent estimate."""
     maml = learner(policy, estimator, alpha, first_order)
     inner, inner_adv = sample(policy, {k: v.detach() for k, v in theta.items()}, replicates, n)
-    phi = {k: v.detach() for k, v in maml.adapt(theta, inner, inner_adv).items()}
+    phi = {k: v.detach() for k, v in maml.inner_step(theta, inner, inner_adv).items()}
     outer, outer_adv = sample(policy, phi, replicates, n, per_task=True)
     rows = []
     for part in torch.arange(replicates).chunk(groups):
         batch = MetaBatch(GOAL.expand(len(part), 2), inner[part], inner_adv[part], outer[part], outer_adv[part])
-        rows.append(flat(maml.meta_gradient(theta, batch).values()))
+        rows.append(flat(maml.meta_gradient(theta, batch).grads.values()))
     return torch.stack(rows)
 
 
@@ -171,7 +171,7 @@ def test_every_estimator_has_the_policy_gradient_as_first_derivative():
     traj, adv = sample(policy, theta, 3, 5)
     grads = {}
     for est in ("dice", "lvc", "maml"):
-        grads[est] = flat(learner(policy, est).adapt(theta, traj, adv).values()).detach()
+        grads[est] = flat(learner(policy, est).inner_step(theta, traj, adv).values()).detach()
     torch.testing.assert_close(grads["dice"], grads["maml"])
     torch.testing.assert_close(grads["lvc"], grads["maml"])
     logp = log_prob(policy, theta, traj.obs[0], traj.actions[0])

@@ -7,7 +7,7 @@ from torch.func import hessian
 from mlcourse.rl.maml_rl import MAMLRL
 from mlcourse.rl.navigation import Navigation2D
 from mlcourse.rl.policy import GaussianPolicy, distribution, gaussian_kl
-from mlcourse.rl.trpo import TRPO, conjugate_gradient, flat, unflat
+from mlcourse.rl.trpo import TRPO, flat, unflat
 
 
 def small(hidden=(16,), tasks=3, trajectories=4, horizon=15, seed=0, **kwargs):
@@ -19,20 +19,12 @@ def small(hidden=(16,), tasks=3, trajectories=4, horizon=15, seed=0, **kwargs):
     return env, learner, theta, env.sample_tasks(tasks)
 
 
-def test_conjugate_gradient_solves_a_positive_definite_system():
-    g = torch.Generator().manual_seed(0)
-    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
-    a = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
-    b = torch.randn(6, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, iters=6), torch.linalg.solve(a, b))
-
-
 def test_batched_adaptation_matches_a_loop_over_tasks():
     env, learner, theta, tasks = small()
     batch = learner.sample(theta, tasks)
-    phi = learner.adapt(theta, batch.inner, batch.inner_adv)
+    phi = learner.inner_step(theta, batch.inner, batch.inner_adv)
     for i in range(len(tasks)):
-        one = learner.adapt(theta, batch.inner[i], batch.inner_adv[i:i + 1])
+        one = learner.inner_step(theta, batch.inner[i], batch.inner_adv[i:i + 1])
         for k in theta:
             torch.testing.assert_close(phi[k][i], one[k][0])
 
@@ -40,7 +32,7 @@ def test_batched_adaptation_matches_a_loop_over_tasks():
 def test_first_order_and_no_adaptation_variants():
     env, learner, theta, tasks = small(first_order=True)
     batch = learner.sample(theta, tasks)
-    phi = learner.adapt(theta, batch.inner, batch.inner_adv)
+    phi = learner.inner_step(theta, batch.inner, batch.inner_adv)
     key = "log_std"
     rows = [torch.autograd.grad(phi[key][0, j], theta[key], retain_graph=True)[0] for j in range(2)]
     torch.testing.assert_close(torch.stack(rows), torch.eye(2, dtype=torch.float64))   # dφ/dθ = I
@@ -82,7 +74,7 @@ def test_trpo_meta_step_satisfies_the_kl_constraint_and_improves_the_surrogate()
 
     # The KL between the adapted policies before and after the step, recomputed from scratch.
     def adapted(params):
-        phi = learner.adapt(params, batch.inner, batch.inner_adv)
+        phi = learner.inner_step(params, batch.inner, batch.inner_adv)
         return distribution(learner.policy, {k: v.detach() for k, v in phi.items()}, batch.outer.obs, per_task=True)
 
     (m0, s0), (m1, s1) = adapted(before), adapted(theta)

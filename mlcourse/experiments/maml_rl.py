@@ -10,28 +10,51 @@ the re-run of MAML-TRPO in Raghu et al. (2020, ANIL): average return after one a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..reproduce import experiment
+from ..settings import Settings
 from ..stats import mean_ci95
 from ..train import fit
+from . import experiment
 
-# Finn et al. 2017, appendix A.2 and the reference code: α = 0.1, 20 trajectories per task, meta-batch
-# 20 (navigation) or 40 (locomotion), TRPO with δ = 0.01, γ = 0.99, λ = 1, policy 100-100 ReLU.
-NAVIGATION = {
-    "paper": dict(iterations=500, tasks=20, trajectories=20, horizon=100, hidden=(100, 100), fisher_fraction=1.0,
-                  eval_tasks=40),
-    "book": dict(iterations=100, tasks=20, trajectories=20, horizon=100, hidden=(64, 64), fisher_fraction=0.25,
-                 eval_tasks=40),
-    "quick": dict(iterations=2, tasks=2, trajectories=2, horizon=10, hidden=(8,), fisher_fraction=1.0, eval_tasks=4),
-}
-CHEETAH = {
-    "paper": dict(iterations=500, tasks=40, trajectories=20, horizon=200, hidden=(100, 100), fisher_fraction=1.0,
-                  eval_tasks=40),
-    "book": dict(iterations=10, tasks=10, trajectories=10, horizon=200, hidden=(100, 100), fisher_fraction=0.25,
-                 eval_tasks=10),
-    "quick": dict(iterations=1, tasks=2, trajectories=2, horizon=10, hidden=(8,), fisher_fraction=1.0, eval_tasks=2),
-}
+
+@dataclass(frozen=True)
+class NavigationSettings(Settings):
+    """Finn et al. 2017, appendix A.2 and the reference code, 2D navigation: α = 0.1, 20
+    trajectories per task, meta-batch 20, horizon 100, TRPO with δ = 0.01, γ = 0.99, GAE with
+    λ_GAE = 1, a 100-100 ReLU policy, 500 meta-iterations."""
+
+    iterations: int = 500
+    tasks: int = 20                   # meta-batch
+    trajectories: int = 20            # per task, before and after adaptation
+    horizon: int = 100                # T
+    hidden: tuple = (100, 100)
+    inner_lr: float = 0.1             # α
+    gamma: float = 0.99               # γ
+    gae_lambda: float = 1.0           # λ_GAE
+    max_kl: float = 0.01              # TRPO's δ
+    fisher_fraction: float = 1.0      # share of the trajectories for the Fisher-vector products
+    estimator: str = "dice"
+    eval_tasks: int = 40
+
+    SCALES = {"book": {"iterations": 100, "hidden": (64, 64), "fisher_fraction": 0.25},
+              "quick": {"iterations": 2, "tasks": 2, "trajectories": 2, "horizon": 10, "hidden": (8,),
+                        "eval_tasks": 4}}
+
+
+@dataclass(frozen=True)
+class CheetahSettings(NavigationSettings):
+    """The half-cheetah tasks of Finn et al. 2017: meta-batch 40, horizon 200, otherwise as for
+    navigation."""
+
+    tasks: int = 40
+    horizon: int = 200
+
+    SCALES = {"book": {"iterations": 10, "tasks": 10, "trajectories": 10, "fisher_fraction": 0.25, "eval_tasks": 10},
+              "quick": {"iterations": 1, "tasks": 2, "trajectories": 2, "horizon": 10, "hidden": (8,),
+                        "eval_tasks": 2}}
 
 
 def _metric(values: torch.Tensor, paper=None, unit="return") -> dict:
@@ -39,25 +62,31 @@ def _metric(values: torch.Tensor, paper=None, unit="return") -> dict:
     return {"value": float(mean), "ci95": float(half), "paper": paper, "unit": unit}
 
 
-def train(env, settings: dict, inner_steps: int = 1, progress: bool = False, desc: str = "MAML-TRPO"):
-    """Meta-train θ with MAML-TRPO (inner_steps=0: multi-task TRPO, the pretrained baseline)."""
+def make_learner(env, settings: NavigationSettings, inner_steps: int = 1):
+    """MAML-TRPO's learner and its TRPO meta-optimiser, from the settings."""
     from ..rl.maml_rl import MAMLRL
     from ..rl.policy import GaussianPolicy
     from ..rl.trpo import TRPO
 
-    policy = GaussianPolicy(env.obs_dim, env.act_dim, hidden=settings["hidden"]).to(env.device)
-    learner = MAMLRL(env, policy, inner_lr=0.1, trajectories=settings["trajectories"], gamma=0.99, gae_lambda=1.0,
-                     inner_steps=inner_steps)
+    s = settings
+    policy = GaussianPolicy(env.obs_dim, env.act_dim, hidden=s.hidden).to(env.device)
+    learner = MAMLRL(env, policy, inner_lr=s.inner_lr, trajectories=s.trajectories, gamma=s.gamma,
+                     gae_lambda=s.gae_lambda, estimator=s.estimator, inner_steps=inner_steps)
+    return learner, TRPO(max_kl=s.max_kl, fisher_fraction=s.fisher_fraction)
+
+
+def train(env, settings: NavigationSettings, inner_steps: int = 1, progress: bool = False, desc: str = "MAML-TRPO"):
+    """Meta-train θ with MAML-TRPO (inner_steps=0: multi-task TRPO, the pretrained baseline)."""
+    learner, trpo = make_learner(env, settings, inner_steps)
     theta = learner.init_params()
-    trpo = TRPO(max_kl=0.01, fisher_fraction=settings["fisher_fraction"])
-    history = fit(lambda it: learner.step(theta, trpo, env.sample_tasks(settings["tasks"])),
-                  settings["iterations"], log_every=max(1, settings["iterations"] // 20), progress=progress, desc=desc)
+    history = fit(lambda it: learner.step(theta, trpo, env.sample_tasks(settings.tasks)),
+                  settings.iterations, log_every=max(1, settings.iterations // 20), progress=progress, desc=desc)
     return learner, theta, history
 
 
-def _run(env, settings: dict, paper_after: float, baselines: bool) -> dict:
+def _run(env, settings: NavigationSettings, paper_after: float, baselines: bool) -> dict:
     learner, theta, history = train(env, settings)
-    eval_goals = env.sample_tasks(settings["eval_tasks"])
+    eval_goals = env.sample_tasks(settings.eval_tasks)
     curve = learner.adaptation_curve(theta, eval_goals, steps=1)
     metrics = {"return_after_1_step": _metric(curve[:, 1], paper_after),
                "return_before_adaptation": _metric(curve[:, 0])}
@@ -67,19 +96,17 @@ def _run(env, settings: dict, paper_after: float, baselines: bool) -> dict:
         metrics["pretrained_after_1_step"] = _metric(learner.adaptation_curve(pretrained, eval_goals, steps=1)[:, 1])
         metrics["random_init_after_1_step"] = _metric(learner.adaptation_curve(random_init, eval_goals, steps=1)[:, 1])
     its, after = history.curve("return_after")
-    return {"metrics": metrics, "settings": {**settings, "inner_lr": 0.1, "max_kl": 0.01, "gamma": 0.99,
-                                             "gae_lambda": 1.0, "estimator": "dice"},
+    return {"metrics": metrics,
             "curve": {"iteration": its.tolist(), "return_after": after.tolist(),
                       "return_before": history.curve("return_before")[1].tolist()}}
 
 
 @experiment("maml-rl-navigation", title="MAML-TRPO on 2D navigation: return after one policy-gradient step",
-            paper="raghu2020anil", gpu_minutes=4)
-def navigation(scale: str, device) -> dict:
+            paper="raghu2020anil", gpu_minutes=4, settings=NavigationSettings)
+def navigation(settings: NavigationSettings, device) -> dict:
     from ..rl.navigation import Navigation2D
 
-    settings = NAVIGATION[scale]
-    env = Navigation2D(horizon=settings["horizon"], device=device)
+    env = Navigation2D(horizon=settings.horizon, device=device)
     result = _run(env, settings, paper_after=-20.3, baselines=True)
     result["notes"] = ("Evaluation on new goals, 20 trajectories each, one step α = 0.1; 95% interval over tasks. "
                        "Baselines: multi-task TRPO on the same task distribution (pretrained) and the random "
@@ -88,11 +115,10 @@ def navigation(scale: str, device) -> dict:
     return result
 
 
-def _cheetah(kind: str, scale: str, device, paper_after: float) -> dict:
+def _cheetah(kind: str, settings: CheetahSettings, device, paper_after: float) -> dict:
     from ..rl.cheetah import HalfCheetahTasks
 
-    settings = CHEETAH[scale]
-    env = HalfCheetahTasks(kind, horizon=settings["horizon"], device=device)
+    env = HalfCheetahTasks(kind, horizon=settings.horizon, device=device)
     try:
         result = _run(env, settings, paper_after=paper_after, baselines=False)
     finally:
@@ -105,12 +131,12 @@ def _cheetah(kind: str, scale: str, device, paper_after: float) -> dict:
 
 
 @experiment("maml-rl-cheetah-velocity", title="MAML-TRPO on half-cheetah goal velocity: return after one step",
-            paper="raghu2020anil", gpu_minutes=540)
-def cheetah_velocity(scale: str, device) -> dict:
-    return _cheetah("velocity", scale, device, -139.0)
+            paper="raghu2020anil", gpu_minutes=540, settings=CheetahSettings)
+def cheetah_velocity(settings: CheetahSettings, device) -> dict:
+    return _cheetah("velocity", settings, device, -139.0)
 
 
 @experiment("maml-rl-cheetah-direction", title="MAML-TRPO on half-cheetah goal direction: return after one step",
-            paper="raghu2020anil", gpu_minutes=540)
-def cheetah_direction(scale: str, device) -> dict:
-    return _cheetah("direction", scale, device, 170.4)
+            paper="raghu2020anil", gpu_minutes=540, settings=CheetahSettings)
+def cheetah_direction(settings: CheetahSettings, device) -> dict:
+    return _cheetah("direction", settings, device, 170.4)

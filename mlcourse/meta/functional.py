@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from ..checks import check_count
+from ..checks import check_count, check_positive
 from ..nets import Params, forward
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,22 +49,74 @@ def lr_for(lr: LearningRate, name: str):
     return lr[name] if isinstance(lr, dict) else lr
 
 
+def check_rates(lr: LearningRate, params: Params, name: str = "inner_lr (α)") -> None:
+    """A clear error unless ``lr`` is a positive number or a dict with one tensor per entry of
+    ``params``, each broadcastable to it (Meta-SGD's per-parameter rates)."""
+    if not isinstance(lr, dict):
+        check_positive(name, lr)
+        return
+    missing, unexpected = sorted(params.keys() - lr.keys()), sorted(lr.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(f"per-parameter {name} must have one entry per parameter; "
+                         f"missing {missing[:4]}, unexpected {unexpected[:4]}.")
+    for k, rate in lr.items():
+        if not isinstance(rate, torch.Tensor):
+            raise TypeError(f"per-parameter {name}[{k!r}] must be a tensor, got {type(rate).__name__}.")
+        try:
+            torch.broadcast_shapes(rate.shape, params[k].shape)
+        except RuntimeError:
+            raise ValueError(f"per-parameter {name}[{k!r}] has shape {tuple(rate.shape)}, which does not "
+                             f"broadcast to the parameter's {tuple(params[k].shape)}.") from None
+
+
 def sgd_steps(loss: LossFn, params: Params, x, y, lr: LearningRate, steps: int,
-              proximal: tuple[Params, float] | None = None) -> Params:
+              proximal: tuple[Params, float] | None = None, first_order: bool = False) -> Params:
     """φ after ``steps`` steps of φ ← φ − α ∇φ L(φ, (x, y)), starting from ``params``.
 
     ``proximal=(θ, λ)`` adds the term λ/2 ‖φ − θ‖² to the loss (iMAML's inner problem).
     Written with ``torch.func.grad``, so it works inside ``vmap`` and stays differentiable with
     respect to ``params`` (and α): that is what lets MAML differentiate through adaptation.
+
+    ``first_order=True`` treats each step's gradient as a constant (first-order MAML): then
+    dφ/dθ = I, while the rates α keep their exact gradient −Σ_j ∇L(φ_j) ⊙ (∂L^ts/∂φ), which
+    needs no Hessian (first-order Meta-SGD).
     """
     gradient = grad(loss)
     for _ in range(steps):
-        g = gradient(params, x, y)
+        point = {k: p.detach() for k, p in params.items()} if first_order else params
+        g = gradient(point, x, y)
         if proximal is not None:
             anchor, lam = proximal
-            g = {k: g[k] + lam * (params[k] - anchor[k]) for k in g}
+            g = {k: g[k] + lam * (point[k] - anchor[k]) for k in g}
         params = {k: p - lr_for(lr, k) * g[k] for k, p in params.items()}
     return params
+
+
+def mean_gradient(task_fn, theta: Params, execution: str, shared: tuple, per_task: tuple):
+    """The gradient with respect to θ of the mean over tasks of ``task_fn(θ, *shared, *task_i)["loss"]``,
+    and every task's metrics (detached, stacked to [tasks]).
+
+    With ``execution="vmap"`` the tasks are one batched computation and one backward pass. With
+    ``"loop"`` each task's gradient is taken as soon as its loss is computed, so only one task's
+    graph is alive at a time (the memory of one task, not of the whole meta-batch).
+    """
+    names, leaves = list(theta), list(theta.values())
+    if execution == "vmap":
+        metrics = map_tasks(task_fn, "vmap", (theta, *shared), per_task)
+        grads = torch.autograd.grad(metrics["loss"].mean(), leaves, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+        return dict(zip(names, grads)), {k: v.detach() for k, v in metrics.items()}
+    tasks = _task_count(per_task)
+    total = [torch.zeros_like(p) for p in leaves]
+    rows = []
+    for i in range(tasks):
+        metrics = task_fn(theta, *shared, *(_index(t, i) for t in per_task))
+        grads = torch.autograd.grad(metrics["loss"] / tasks, leaves, allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc.add_(g)
+        rows.append({k: v.detach() for k, v in metrics.items()})
+    return dict(zip(names, total)), _stack(rows)
 
 
 def has_conv(net: nn.Module) -> bool:
@@ -100,13 +152,16 @@ def map_tasks(fn, execution: str, shared: tuple, per_task: tuple):
     or dicts and tuples of tensors."""
     if execution == "vmap":
         return vmap(fn, in_dims=(None,) * len(shared) + (0,) * len(per_task))(*shared, *per_task)
+    return _stack([fn(*shared, *(_index(t, i) for t in per_task)) for i in range(_task_count(per_task))])
 
-    def index(t, i):
-        return {k: v[i] for k, v in t.items()} if isinstance(t, dict) else t[i]
 
+def _index(t, i):
+    return {k: v[i] for k, v in t.items()} if isinstance(t, dict) else t[i]
+
+
+def _task_count(per_task: tuple) -> int:
     leaves = [v for t in per_task for v in (t.values() if isinstance(t, dict) else (t,))]
-    tasks = leaves[0].shape[0]  # a dict may be empty (nothing of θ differs between tasks)
-    return _stack([fn(*shared, *(index(t, i) for t in per_task)) for i in range(tasks)])
+    return leaves[0].shape[0]  # a dict may be empty (nothing of θ differs between tasks)
 
 
 def _stack(results: list):

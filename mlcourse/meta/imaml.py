@@ -23,29 +23,19 @@ import torch
 from torch import nn
 from torch.func import grad, jvp
 
-from .. import linalg
 from ..checks import check_count, check_positive
-from ..nets import Params, check_functional, init_params
-from ..tasks import TaskBatch
-from .functional import adaptation_curve, choose_execution, map_tasks, sgd_steps, task_loss, task_metrics
-from .maml import check_batch
-
-
-def conjugate_gradient(matvec, b: Params, steps: int) -> tuple[Params, torch.Tensor]:
-    """Approximately solve A x = b with ``steps`` iterations of conjugate gradient from x = 0
-    (:func:`mlcourse.linalg.conjugate_gradient`: truncated at non-positive curvature, since
-    I + H/λ can be indefinite). Returns x and the relative residual ‖b − A x‖ / ‖b‖, which says how
-    far from a solution that leaves it. Works inside ``vmap``."""
-    x = linalg.conjugate_gradient(matvec, b, steps)
-    residual = {k: b[k] - v for k, v in matvec(x).items()}
-    return x, linalg.dot(residual, residual).sqrt() / linalg.dot(b, b).sqrt().clamp_min(1e-30)
+from ..linalg import conjugate_gradient
+from ..nets import Params
+from ..tasks import Task, TaskBatch
+from .functional import adaptation_curve, choose_execution, map_tasks, sgd_steps, task_metrics
+from .learner import GradientLearner, MetaGradient, NetworkLearner
 
 
 class CGWarning(UserWarning):
     """Conjugate gradient stopped before reaching the requested accuracy."""
 
 
-class IMAML:
+class IMAML(NetworkLearner, GradientLearner):
     """iMAML with the gradient-descent inner solver.
 
     lam: λ, the strength of the pull toward θ (the paper's Omniglot value 2.0).
@@ -58,38 +48,32 @@ class IMAML:
     inner_tolerance: the stopping rule of the inner solver. None runs exactly ``inner_steps``
         steps; a number stops earlier, once the largest gradient norm of the regularised objective
         over the tasks of the batch falls below it (checked every ``check_every`` steps).
+    test_steps, test_lam: the test-time adaptation (default: as in training; the authors' code
+        evaluates with plain gradient steps, ``test_lam=0``).
     """
 
     def __init__(self, net: nn.Module, loss: str = "cross_entropy", lam: float = 2.0, inner_lr: float = 0.1,
                  inner_steps: int = 16, cg_steps: int = 5, damping: float = 0.0, cg_tolerance: float = 0.1,
                  on_cg_failure: str = "warn", inner_tolerance: float | None = None, check_every: int = 5,
-                 execution: str = "auto"):
-        check_functional(net)
-        self.net, self.loss_kind, self.loss = net, loss, task_loss(net, loss)
+                 test_steps: int | None = None, test_lam: float | None = None, execution: str = "auto"):
+        super().__init__(net, loss, execution)
         self.lam = check_positive("lam (λ)", lam)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_count("inner_steps", inner_steps)
         self.cg_steps = check_count("cg_steps", cg_steps)
-        if not damping >= 0:
-            raise ValueError(f"damping must be >= 0, got {damping!r}.")
-        self.damping = float(damping)
+        self.damping = _check_nonnegative("damping", damping)
         self.cg_tolerance = check_positive("cg_tolerance", cg_tolerance)
         if on_cg_failure not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_cg_failure must be 'warn', 'raise' or 'ignore', got {on_cg_failure!r}.")
         self.on_cg_failure = on_cg_failure
         self.inner_tolerance = None if inner_tolerance is None else check_positive("inner_tolerance", inner_tolerance)
         self.check_every = check_count("check_every", check_every)
-        self.execution = execution
-        choose_execution(execution, net, torch.device("cpu"))
+        self.test_steps = self.inner_steps if test_steps is None else check_count("test_steps", test_steps)
+        self.test_lam = self.lam if test_lam is None else _check_nonnegative("test_lam (λ at test time)", test_lam)
 
     def __repr__(self) -> str:
         return (f"IMAML(λ={self.lam}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
                 f"cg_steps={self.cg_steps}, damping={self.damping}, loss={self.loss_kind})")
-
-    def init_params(self, device=None, dtype=None) -> Params:
-        from .. import runtime
-
-        return init_params(self.net, runtime.device() if device is None else device, dtype)
 
     def _execution(self, batch: TaskBatch) -> str:
         return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
@@ -103,7 +87,7 @@ class IMAML:
     def solve_inner(self, theta: Params, batch: TaskBatch) -> tuple[Params, torch.Tensor]:
         """φ_i for every task (stacked along a leading task dimension) and the gradient norm of each
         task's regularised objective at φ_i. No graph is recorded."""
-        check_batch(theta, batch)
+        self.check_batch(theta, batch)
         execution = self._execution(batch)
         anchor = {k: v.detach() for k, v in theta.items()}
         per_task = (batch.x_tr, batch.y_tr)
@@ -139,7 +123,7 @@ class IMAML:
         metrics = task_metrics(self.net, self.loss_kind, phi, x_ts, y_ts)
         return g, {**metrics, "cg_residual": residual}
 
-    def meta_gradient(self, theta: Params, batch: TaskBatch) -> tuple[Params, dict[str, torch.Tensor]]:
+    def meta_gradient(self, theta: Params, batch: TaskBatch) -> MetaGradient:
         """The implicit meta-gradient averaged over the batch, and per-task diagnostics: query
         loss (and accuracy) at φ_i, CG's relative residual, the inner gradient norm."""
         with torch.no_grad():
@@ -149,7 +133,7 @@ class IMAML:
         info["inner_grad_norm"] = inner_norm
         mean = {k: v.mean(0) for k, v in grads.items()}
         self._check(mean, info["cg_residual"])
-        return mean, info
+        return MetaGradient(mean, info)
 
     def _check(self, grads: Params, residual: torch.Tensor) -> None:
         if self.on_cg_failure == "ignore":
@@ -167,22 +151,42 @@ class IMAML:
                 raise RuntimeError(message)
             warnings.warn(message, CGWarning, stacklevel=3)
 
-    def step(self, theta: Params, optimizer: torch.optim.Optimizer, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """One meta-update with the implicit meta-gradient; returns batch means of the diagnostics."""
-        grads, info = self.meta_gradient(theta, batch)
-        with torch.no_grad():
-            for k, p in theta.items():
-                p.grad = grads[k].clone()
-        optimizer.step()
-        return {k: v.float().mean() for k, v in info.items()}
+    def adapt(self, theta: Params, batch: Task | TaskBatch, steps: int | None = None) -> Params:
+        """φ_i ≈ argmin L(φ, D_i^tr) + λ/2 ‖φ − θ‖² for every task (a :class:`Task` gives one φ): the
+        inner solver's result, stacked along a task dimension; no graph."""
+        single = isinstance(batch, Task)
+        if single:
+            batch = TaskBatch.stack([batch])
+        if steps is None:
+            phi, _ = self.solve_inner(theta, batch)
+        else:
+            self.check_batch(theta, batch)
+            steps = check_count("steps", steps)
+            anchor = {k: v.detach() for k, v in theta.items()}
+            phi = map_tasks(lambda a, x, y: sgd_steps(self.loss, a, x, y, self.inner_lr, steps, proximal=(a, self.lam)),
+                            self._execution(batch), (anchor,), (batch.x_tr, batch.y_tr))
+        return {k: v[0] for k, v in phi.items()} if single else phi
 
     def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int, execution: str | None = None,
                          lam: float | None = None) -> dict[str, torch.Tensor]:
         """Query metrics after 0..steps steps of the inner solver (proximal gradient descent):
         [tasks, steps + 1]. By default iMAML adapts the way it meta-trained; ``lam`` replaces λ at
         test time (0 gives plain gradient steps, as the paper's authors evaluate)."""
-        check_batch(theta, batch)
-        if lam is not None and not lam >= 0:
-            raise ValueError(f"lam (λ) at test time must be >= 0, got {lam!r}.")
+        self.check_batch(theta, batch)
+        lam = self.lam if lam is None else _check_nonnegative("lam (λ) at test time", lam)
         return adaptation_curve(self.net, self.loss_kind, theta, batch, steps, self.inner_lr,
-                                execution or self.execution, lam=self.lam if lam is None else lam)
+                                execution or self.execution, lam=lam)
+
+    def evaluate(self, theta: Params, batch: TaskBatch, steps: int | None = None,
+                 lam: float | None = None) -> dict[str, torch.Tensor]:
+        """Per-task query metrics after ``test_steps`` steps with λ = ``test_lam``."""
+        curve = self.adaptation_curve(theta, batch, self.test_steps if steps is None else steps,
+                                      lam=self.test_lam if lam is None else lam)
+        return {k: v[:, -1] for k, v in curve.items()}
+
+
+def _check_nonnegative(name: str, value) -> float:
+    """``value`` as a float if it is a finite number >= 0, else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return float(value)

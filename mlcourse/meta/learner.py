@@ -36,18 +36,17 @@ metrics after 0, 1, ..., ``steps`` adaptation steps (:class:`GradientLearner`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
-from ..nets import Params
-from ..tasks import TaskBatch
+from ..nets import Params, check_functional, forward, init_params
+from ..tasks import Task, TaskBatch
 
 
-@dataclass
-class MetaGradient:
-    """What :meth:`Learner.meta_gradient` returns, for every learner.
+class MetaGradient(NamedTuple):
+    """What :meth:`Learner.meta_gradient` returns, for every learner: ``grads, metrics = ...``.
 
     grads: a dict with the keys of θ: the gradient of the batch's mean meta-loss (for Reptile
         the pseudo-gradient), detached.
@@ -61,7 +60,7 @@ class MetaGradient:
 
     def means(self) -> dict[str, torch.Tensor]:
         """The batch means of the metrics (device tensors), as ``step`` returns them."""
-        return {k: v.float().mean() for k, v in self.metrics.items()}
+        return {k: (v if v.is_floating_point() else v.float()).mean() for k, v in self.metrics.items()}
 
 
 class Learner(ABC):
@@ -111,6 +110,72 @@ class GradientLearner(Learner):
     @abstractmethod
     def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int) -> dict[str, torch.Tensor]:
         """Query metrics after 0, 1, ..., ``steps`` adaptation steps: tensors [tasks, steps + 1]."""
+
+
+class NetworkLearner(Learner):
+    """What the learners built on one network ``net`` with a task loss share: θ is the network's
+    parameters (plus whatever :meth:`init_params` of a subclass adds), and task batches are
+    checked against θ and the network once, with errors that say what is wrong."""
+
+    def __init__(self, net: nn.Module, loss: str, execution: str = "auto"):
+        from .functional import choose_execution, task_loss
+
+        check_functional(net)
+        self.net = net
+        self.loss_kind = loss
+        self.loss = task_loss(net, loss)
+        choose_execution(execution, net, torch.device("cpu"))  # validates the name now
+        self.execution = execution
+        self._checked: set = set()
+
+    def init_params(self, device=None, dtype=None) -> Params:
+        """θ, initialised as the network's own initialisation (leaf tensors that require grad)."""
+        from .. import runtime
+
+        device = runtime.device() if device is None else runtime.check_device(device)
+        return init_params(self.net, device, runtime.check_dtype(dtype))
+
+    def check_batch(self, params: Params, batch: TaskBatch) -> None:
+        """A clear error when a task batch cannot meet the network's parameters."""
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"expected a TaskBatch, got {type(batch).__name__}.")
+        self._check_pair(params, batch.x_tr, batch.y_tr, batch.device, "task batch")
+
+    def check_task(self, params: Params, task: Task) -> None:
+        if not isinstance(task, Task):
+            raise TypeError(f"expected a Task, got {type(task).__name__}.")
+        self._check_pair(params, task.x_tr.unsqueeze(0), task.y_tr.unsqueeze(0), task.x_tr.device, "task")
+
+    def _check_pair(self, params: Params, x: torch.Tensor, y: torch.Tensor, device, what: str) -> None:
+        if not params:
+            raise ValueError("θ is empty: it must hold the network's parameters (see init_params).")
+        p = next(iter(params.values()))
+        if device != p.device:
+            raise ValueError(f"the {what} is on {device} but θ is on {p.device}; move one with .to().")
+        if x.is_floating_point() and x.dtype != p.dtype:
+            raise ValueError(f"the {what} holds {x.dtype} inputs but θ is {p.dtype}; "
+                             "use batch.to(device, dtype=...) to match.")
+        key = (tuple(x.shape[2:]), tuple(y.shape[2:]), y.dtype, p.dtype, p.device)
+        if key in self._checked:
+            return
+        # One small forward pass per new input shape: torch's own shape errors name no task or set.
+        with torch.no_grad():
+            try:
+                out = forward(self.net, {k: v.detach() for k, v in params.items()}, x[0, :1])
+            except RuntimeError as err:
+                raise ValueError(f"{type(self.net).__name__} cannot read inputs of shape {tuple(x.shape[2:])} "
+                                 f"(the {what}'s D^tr x is {tuple(x.shape)}, [tasks, examples, ...]): {err}") from None
+        if self.loss_kind == "mse" and out.shape[1:] != y.shape[2:]:
+            raise ValueError(f"the network predicts {tuple(out.shape[1:])} per example but the {what}'s targets "
+                             f"are {tuple(y.shape[2:])} (y {tuple(y.shape)}); they must agree for the squared error.")
+        if self.loss_kind == "cross_entropy":
+            if y.is_floating_point() or y.dim() != 2:
+                raise ValueError(f"classification labels must be integer class indices [tasks, examples], "
+                                 f"got {y.dtype} {tuple(y.shape)}.")
+            if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[-1]):
+                raise ValueError(f"labels must lie in 0..{out.shape[-1] - 1} (the network has {out.shape[-1]} "
+                                 f"outputs), got {int(y.min())}..{int(y.max())}.")
+        self._checked.add(key)
 
 
 def apply_gradients(theta: Params, grads: Params) -> None:

@@ -50,6 +50,7 @@ import torch
 from torch.func import grad, vmap
 
 from ..checks import check_count, check_positive
+from ..meta.learner import Learner, MetaGradient
 from ..nets import Params, forward, init_params
 from .policy import GaussianPolicy, gaussian_kl, gaussian_log_prob
 from .returns import advantages, check_factor
@@ -104,8 +105,9 @@ class MetaBatch:
         return MetaBatch(self.tasks, cut(self.inner), self.inner_adv[:, n], cut(self.outer), self.outer_adv[:, n])
 
 
-class MAMLRL:
-    """MAML for RL on a batched environment with a Gaussian policy.
+class MAMLRL(Learner):
+    """MAML for RL on a batched environment with a Gaussian policy. A task batch is a tensor of
+    tasks (e.g. goals); its D^tr and D^ts are the trajectories sampled before and after adaptation.
 
     >>> env = Navigation2D()
     >>> learner = MAMLRL(env, GaussianPolicy(2, 2), inner_lr=0.1, trajectories=20)
@@ -123,6 +125,7 @@ class MAMLRL:
                              f"got {inner_steps!r}; more adaptation steps are available at evaluation "
                              "(adaptation_curve).")
         self.env, self.policy = env, policy
+        self.loss_kind = "negative surrogate return"
         self.inner_lr = check_positive("inner_lr (α)", inner_lr)
         self.trajectories = check_count("trajectories", trajectories)
         self.gamma = check_factor("gamma (γ)", gamma)
@@ -135,9 +138,9 @@ class MAMLRL:
         return (f"{kind}(α={self.inner_lr}, trajectories={self.trajectories}, γ={self.gamma}, "
                 f"λ={self.gae_lambda}, estimator={self.estimator})")
 
-    def init_params(self, device=None) -> Params:
+    def init_params(self, device=None, dtype=None) -> Params:
         """θ: the policy's initial parameters, on ``device`` (default: the environment's)."""
-        return init_params(self.policy, self.env.device if device is None else device)
+        return init_params(self.policy, self.env.device if device is None else device, dtype)
 
     # --- pieces -------------------------------------------------------------------------------
     def advantages(self, traj: Trajectories) -> torch.Tensor:
@@ -157,8 +160,8 @@ class MAMLRL:
         g = grad(objective)(params)
         return {k: p + lr * g[k] for k, p in params.items()}
 
-    def adapt(self, params: Params, traj: Trajectories, adv: torch.Tensor | None = None, per_task: bool = False,
-              lr: float | None = None) -> Params:
+    def inner_step(self, params: Params, traj: Trajectories, adv: torch.Tensor | None = None, per_task: bool = False,
+                   lr: float | None = None) -> Params:
         """φ_i = params + α ∇ V̂(params, M_i) for every task of ``traj``: a dict of [tasks, ...] tensors,
         differentiable with respect to params (θ)."""
         adv = self.advantages(traj) if adv is None else adv
@@ -190,7 +193,7 @@ class MAMLRL:
         if self.inner_steps == 0:
             phi, phi_dim = theta, None
         else:
-            phi = self.adapt(theta, batch.inner, batch.inner_adv) if phi is None else phi
+            phi = self.inner_step(theta, batch.inner, batch.inner_adv) if phi is None else phi
             phi_dim = 0
         fn = vmap(lambda *a: self._outer_one(*a, fresh), in_dims=(phi_dim,) + (0,) * 7)
         o = batch.outer
@@ -206,7 +209,7 @@ class MAMLRL:
         inner_adv = self.advantages(inner)
         phi = None
         if self.inner_steps:
-            phi = self.adapt(theta if keep_graph else start, inner, inner_adv)
+            phi = self.inner_step(theta if keep_graph else start, inner, inner_adv)
             outer = rollout(self.env, self.policy, {k: v.detach() for k, v in phi.items()}, tasks,
                             self.trajectories, per_task=True, generator=generator)
         else:
@@ -214,11 +217,34 @@ class MAMLRL:
         batch = MetaBatch(tasks, inner, inner_adv, outer, self.advantages(outer))
         return (batch, phi) if keep_graph else batch
 
-    def meta_gradient(self, theta: Params, batch: MetaBatch) -> Params:
-        """∇θ (1/n) Σ_i L_i(θ): the meta-policy-gradient, as a dict like θ."""
+    def meta_gradient(self, theta: Params, batch: MetaBatch | torch.Tensor) -> MetaGradient:
+        """∇θ (1/n) Σ_i L_i(θ), the meta-policy-gradient (of the return: ascend it), and per task the
+        mean return before and after adaptation. ``batch``: sampled trajectories (a
+        :class:`MetaBatch`) or the tasks to sample them for."""
+        if not isinstance(batch, MetaBatch):
+            batch = self.sample(theta, batch)
         surrogate, _, _ = self.objective(theta, batch)
         grads = torch.autograd.grad(surrogate.mean(), list(theta.values()))
-        return dict(zip(theta.keys(), grads))
+        metrics = {"loss": -surrogate.detach(), "return_before": batch.inner.returns.mean(1),
+                   "return_after": batch.outer.returns.mean(1)}
+        return MetaGradient(dict(zip(theta.keys(), grads)), metrics)
+
+    def adapt(self, theta: Params, tasks: torch.Tensor, steps: int | None = None, generator=None) -> Params:
+        """φ_i for every task after ``steps`` (default 1) policy-gradient steps, each on freshly
+        sampled trajectories of the current policy; stacked along a task dimension, no graph."""
+        steps = 1 if steps is None else check_count("steps", steps)
+        params, per_task = {k: p.detach() for k, p in theta.items()}, False
+        for _ in range(steps):
+            traj = rollout(self.env, self.policy, params, tasks, self.trajectories, per_task=per_task,
+                           generator=generator)
+            params = {k: v.detach() for k, v in self.inner_step(params, traj, per_task=per_task).items()}
+            per_task = True
+        return params
+
+    def evaluate(self, theta: Params, tasks: torch.Tensor, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """The mean return of every task's trajectories after ``steps`` (default 1) adaptation steps."""
+        curve = self.adaptation_curve(theta, tasks, steps=1 if steps is None else steps)
+        return {"return": curve[:, -1]}
 
     def step(self, theta: Params, optimizer, tasks: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
         """One meta-update of θ (in place) with ``optimizer``: a :class:`TRPO` or a torch optimizer
@@ -267,7 +293,8 @@ class MAMLRL:
             curve.append(traj.returns.mean(1))
             kept.append(traj)
             if k < steps:
-                params = {k2: v.detach() for k2, v in self.adapt(params, traj, per_task=per_task, lr=lr).items()}
+                params = {k2: v.detach() for k2, v in self.inner_step(params, traj, per_task=per_task,
+                                                                      lr=lr).items()}
                 per_task = True
         curve = torch.stack(curve, 1)
         return (curve, kept) if keep else curve

@@ -34,13 +34,6 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10) -> torch.Tensor:
-    """x ≈ A⁻¹b for a symmetric positive definite A given only as v ↦ Av, after ``iters`` steps of
-    :func:`mlcourse.linalg.conjugate_gradient` on flat vectors (as in the reference code, 10 steps)."""
-    check_count("cg iterations", iters)
-    return linalg.conjugate_gradient(lambda v: {"v": matvec(v["v"])}, {"v": b}, iters)["v"]
-
-
 class TRPO:
     """The KL-constrained step: max_kl δ = 0.01, 10 conjugate-gradient steps with damping 1e-5,
     line search shrinking the step by 0.8 up to 15 times (the settings of the reference code).
@@ -82,19 +75,19 @@ class TRPO:
         """
         params = list(theta.values())
         surrogate, kl = objective()
-        g = flat(torch.autograd.grad(surrogate, params, retain_graph=True))
+        g = dict(zip(theta, torch.autograd.grad(surrogate, params, retain_graph=True)))
         if fisher_kl is not None:
             kl = fisher_kl()
-        grad_kl = flat(torch.autograd.grad(kl, params, create_graph=True))
+        grad_kl = dict(zip(theta, torch.autograd.grad(kl, params, create_graph=True)))
 
-        def fisher_vector(v):
-            hv = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
-            return flat(hv) + self.cg_damping * v
+        def fisher_vector(v: Params) -> Params:
+            hv = torch.autograd.grad(linalg.dot(grad_kl, v), params, retain_graph=True)
+            return {k: h + self.cg_damping * v[k] for k, h in zip(theta, hv)}
 
-        direction = conjugate_gradient(fisher_vector, g, self.cg_iters)
-        curvature = direction @ fisher_vector(direction)
+        direction, _ = linalg.conjugate_gradient(fisher_vector, g, self.cg_iters)
+        curvature = linalg.dot(direction, fisher_vector(direction))
         scale = torch.sqrt(2 * self.max_kl / curvature.clamp(min=1e-12))
-        full_step = (scale * direction).detach()
+        full_step = (scale * flat(direction.values())).detach()
         start = flat(params).detach()
         before = surrogate.detach()
         del grad_kl
