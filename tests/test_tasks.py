@@ -166,6 +166,36 @@ def test_rotations_are_new_classes():
             assert any(torch.equal(got, s) for s in source)
 
 
+def test_rotations_per_class_turn_whole_classes_of_distinct_characters():
+    """The MAML code's augmentation: N distinct characters, each class turned by its own quarter turns."""
+    images = _coded_images(classes=6, size=6)
+    images[:, :, 5, 0] = 200   # a mark in the bottom-left corner shows the rotation
+    sampler = EpisodeSampler(images, ways=5, shots=2, queries=2, rotations="per_class", device="cpu")
+    assert sampler.num_classes == 6
+    batch = sampler.sample(200)
+    turns = batch.params["rotations"]
+    assert turns.shape == (200, 5) and set(turns.unique().tolist()) == {0, 1, 2, 3}
+    for e in range(20):
+        classes = batch.params["classes"][e]
+        assert len(set(classes.tolist())) == 5                      # a character never meets its rotation
+        for x, y in ((batch.x_tr[e], batch.y_tr[e]), (batch.x_ts[e], batch.y_ts[e])):
+            for image, label in zip(x, y):
+                got = (image[0] * 255).round().to(torch.uint8)
+                source = torch.rot90(images[classes[label]], int(turns[e, label]), dims=(-2, -1))
+                assert any(torch.equal(got, s) for s in source)   # every image of a class, the same turn
+
+
+def test_any_number_of_channels():
+    images = (torch.rand(8, 5, 3, 4, 4) * 255).to(torch.uint8)      # e.g. RGB images
+    batch = EpisodeSampler(images, ways=3, shots=2, queries=1, device="cpu").sample(4)
+    assert batch.x_tr.shape == (4, 6, 3, 4, 4) and batch.x_ts.shape == (4, 3, 3, 4, 4)
+    labels, classes = batch.y_tr[0], batch.params["classes"][0]
+    first = (batch.x_tr[0, 0] * 255).round().to(torch.uint8)
+    assert any(torch.equal(first, im) for im in images[classes[labels[0]]])
+    with pytest.raises(ValueError, match="rotations must be False, True / 'as_classes' or 'per_class'"):
+        EpisodeSampler(images, ways=3, shots=1, rotations="sometimes", device="cpu")
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     ({"ways": 13, "shots": 1}, ValueError, "13-way episodes need 13 classes but this split has 12"),
     ({"ways": 5, "shots": 15, "queries": 6}, ValueError, "each class has 20 images, but K=15 shots plus Q=6"),
