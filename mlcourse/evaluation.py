@@ -14,7 +14,8 @@ from .meta.learner import Learner
 from .nets import Params
 
 
-def evaluate(learner: Learner, theta: Params, sampler, tasks: int, chunk: int = 100, **options) -> dict[str, torch.Tensor]:
+def evaluate(learner: Learner, theta: Params, sampler, tasks: int, chunk: int = 100,
+             **options) -> dict[str, torch.Tensor]:
     """Per-task query metrics (each [tasks], on the CPU) of ``learner.evaluate`` on ``tasks`` new
     tasks from ``sampler``, sampled and evaluated ``chunk`` at a time. ``options`` go to
     ``learner.evaluate`` (e.g. ``steps``)."""

@@ -48,7 +48,8 @@ class Settings:
         preset = {} if scale == "paper" else cls.SCALES.get(scale, {})
         unknown = sorted((set(preset) | set(changes)) - names)
         if unknown:
-            raise TypeError(f"{cls.__name__} has no setting(s) {unknown}; its settings are {sorted(names - {'scale'})}.")
+            raise TypeError(f"{cls.__name__} has no setting(s) {unknown}; "
+                            f"its settings are {sorted(names - {'scale'})}.")
         return dataclasses.replace(cls(), scale=scale, **{**preset, **changes})
 
     def replace(self, **changes):

@@ -1,4 +1,4 @@
-"""The MAML, first-order MAML and Reptile experiments of the chapters, at three scales.
+"""The MAML and first-order MAML experiments of the chapters, at three scales.
 
 The chapters call the training and evaluation functions here at the book's scale; the
 reproduction command runs the same functions at the papers' scale. The settings classes below
@@ -15,7 +15,6 @@ from .. import train
 from ..evaluation import evaluate
 from ..graphs import fast_step
 from ..meta.maml import MAML
-from ..meta.reptile import Reptile
 from ..nets import MLP, Conv4
 from ..settings import Settings
 from ..stats import mean_ci95
@@ -170,62 +169,6 @@ def train_omniglot_maml(settings: OmniglotSettings, device, sampler=None, seed: 
     return learner, theta, history
 
 
-@dataclass(frozen=True)
-class ReptileOmniglotSettings(Settings):
-    """Nichol et al. 2018, Omniglot (their code's settings): 5 inner steps of Adam (β1 = 0,
-    lr 0.001) on minibatches of 10 from 10 training shots per class, meta-batch 5, outer step 1.0
-    linearly annealed to 0, 100,000 meta-iterations; evaluated with 50 steps on minibatches of 5."""
-
-    ways: int = 5
-    shots: int = 1             # K at test time
-    train_shots: int = 10      # examples per class in meta-training episodes
-    inner_steps: int = 5
-    inner_batch: int = 10
-    inner_lr: float = 1e-3     # Adam's step size (β1 = 0)
-    tasks: int = 5             # meta-batch
-    outer_lr: float = 1.0      # linearly annealed to 0
-    iterations: int = 100_000
-    test_steps: int = 50
-    test_batch: int = 5
-    test_episodes: int = 600
-    rotations: str = "as_classes"  # the Reptile code makes each rotation of a character a character
-
-    SCALES = {"book": {"iterations": 800, "test_episodes": 300}, "quick": {"iterations": 3, "test_episodes": 20}}
-
-
-@dataclass(frozen=True)
-class Reptile5ShotSettings(ReptileOmniglotSettings):
-    shots: int = 5
-
-
-def reptile_learner(settings: ReptileOmniglotSettings) -> Reptile:
-    s = settings
-    return Reptile(Conv4(s.ways, downsample="stride"), "cross_entropy", inner_lr=s.inner_lr,
-                   inner_steps=s.inner_steps, inner_batch=s.inner_batch, inner_optimizer="adam",
-                   test_steps=s.test_steps, test_batch=s.test_batch)
-
-
-def train_omniglot_reptile(settings: ReptileOmniglotSettings, device, seed: int = 0, progress: bool = True,
-                           omniglot=None):
-    """Reptile on N-way Omniglot; the outer step size is annealed linearly from ``outer_lr`` to 0."""
-    s = settings
-    torch.manual_seed(seed)
-    sampler = omniglot_samplers(s.ways, s.train_shots, 1, device, omniglot=omniglot, rotations=s.rotations)[0]
-    learner = reptile_learner(s)
-    theta = learner.init_params(device)
-    optimizer = torch.optim.SGD(theta.values(), lr=s.outer_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1 - it / s.iterations)
-
-    def step(it):
-        metrics = learner.step(theta, optimizer, sampler.sample(s.tasks))
-        schedule.step()
-        return metrics
-
-    history = train.fit(step, s.iterations, log_every=max(1, min(100, s.iterations // 20)), progress=progress,
-                        desc=f"Reptile {s.shots}-shot Omniglot")
-    return learner, theta, history
-
-
 # The papers' accuracies (%). Batch norm with batch statistics makes evaluation transductive (the
 # query set is normalised together), as in MAML's code; so Reptile is compared with its transductive
 # numbers (Nichol et al. Table 2; non-transductive: 95.39 and 98.90). First-order MAML on Omniglot is
@@ -233,39 +176,30 @@ def train_omniglot_reptile(settings: ReptileOmniglotSettings, device, seed: int 
 # MAML's code (their Omniglot table).
 PAPER_ACCURACY = {("maml", 1): 98.7, ("maml", 5): 99.9, ("fomaml", 1): 98.3, ("reptile", 1): 97.68,
                   ("reptile", 5): 99.48}
-PAPER_SOURCE = {"maml": "finn2017maml", "fomaml": "nichol2018reptile", "reptile": "nichol2018reptile"}
+PAPER_SOURCE = {"maml": "finn2017maml", "fomaml": "nichol2018reptile"}
 
 
-def _omniglot_record(method: str, settings, device) -> dict:
+def _omniglot_record(method: str, settings: OmniglotSettings, device) -> dict:
     device = torch.device(device)
-    omniglot = load_omniglot(device=device)
     s = settings
-    progress = s.scale != "quick"
-    if method == "reptile":
-        learner, theta, _ = train_omniglot_reptile(s, device, progress=progress, omniglot=omniglot)
-        test = omniglot_samplers(s.ways, s.shots, 1, device, omniglot=omniglot, rotations=s.rotations)[1]
-    else:
-        train_sampler, test = omniglot_samplers(s.ways, s.shots, s.queries, device, omniglot=omniglot,
-                                                rotations=s.rotations)
-        learner, theta, _ = train_omniglot_maml(s, device, sampler=train_sampler, progress=progress)
+    omniglot = load_omniglot(device=device)
+    train_sampler, test = omniglot_samplers(s.ways, s.shots, s.queries, device, omniglot=omniglot,
+                                            rotations=s.rotations)
+    learner, theta, _ = train_omniglot_maml(s, device, sampler=train_sampler, progress=s.scale != "quick")
     mean, half = mean_ci95(evaluate(learner, theta, test, s.test_episodes)["accuracy"])
     return {"metrics": {"accuracy": {"value": 100 * float(mean), "ci95": 100 * float(half),
                                      "paper": PAPER_ACCURACY.get((method, s.shots)), "unit": "%"}},
             "test_tasks": s.test_episodes,
             "notes": "Meta-test characters are disjoint from meta-training ones (split of the MAML code). Batch "
                      "norm uses batch statistics, so evaluation is transductive, as in the MAML code."
-                     + (" Reptile's inner Adam state starts fresh for every task." if method == "reptile" else "")
                      + (" The paper value is Nichol et al.'s (2018) run of first-order MAML with MAML's code."
                         if method == "fomaml" else "")}
 
 
-# GPU minutes at the paper's scale. MAML and first-order MAML were measured (H200, CUDA graphs); Reptile's
-# are estimates from its eager meta-iteration in benchmarks/maml_memory.py (~30 ms, 5 steps) × 100,000.
+# GPU minutes at the paper's scale, measured on an H200 with CUDA graphs.
 for _method, _shots, _minutes, _settings in [("maml", 1, 4, OmniglotSettings), ("maml", 5, 8, Omniglot5ShotSettings),
-                                             ("fomaml", 1, 3, FirstOrderOmniglotSettings),
-                                             ("reptile", 1, 45, ReptileOmniglotSettings),
-                                             ("reptile", 5, 45, Reptile5ShotSettings)]:
-    _title = {"maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}[_method]
+                                             ("fomaml", 1, 3, FirstOrderOmniglotSettings)]:
+    _title = {"maml": "MAML", "fomaml": "first-order MAML"}[_method]
     experiment(f"{_method}-omniglot-5w{_shots}s", title=f"{_title}, Omniglot 5-way {_shots}-shot",
                paper=PAPER_SOURCE[_method], gpu_minutes=_minutes, settings=_settings)(
         lambda settings, device, m=_method: _omniglot_record(m, settings, device))

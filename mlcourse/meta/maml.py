@@ -26,7 +26,7 @@ from ..checks import check_count, check_positive
 from ..nets import Params
 from ..tasks import Task, TaskBatch
 from .functional import (LearningRate, adaptation_curve, check_rates, choose_execution, map_tasks, mean_gradient,
-                         sgd_steps, task_loss, task_metrics)
+                         sgd_steps, task_metrics)
 from .learner import GradientLearner, MetaGradient, NetworkLearner
 
 

@@ -90,7 +90,7 @@ class TRPO:
         full_step = (scale * flat(direction.values())).detach()
         start = flat(params).detach()
         before = surrogate.detach()
-        del grad_kl
+        grad_kl.clear()  # free the graph of the KL gradient before the line search
         with torch.no_grad():
             for k in range(self.line_search_steps):
                 fraction = self.backtrack**k
