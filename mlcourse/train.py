@@ -42,6 +42,7 @@ class History:
     train: list[dict] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    selected: dict = field(default_factory=dict)  # with ``select``: the evaluation row of the θ kept
 
     def curve(self, name: str, which: str = "train"):
         rows = [r for r in getattr(self, which) if name in r]
@@ -93,13 +94,35 @@ def _load_state(state: dict, saved: dict) -> None:
             obj.load_state_dict(saved[name])
 
 
+def _keep_best(select, history: History, state: dict | None, best: dict) -> None:
+    """Remember the parameters of the best evaluation so far (model selection)."""
+    if select is None:
+        return
+    metric, mode = select
+    row = history.eval[-1]
+    if metric not in row:
+        returned = sorted(k for k in row if k != "iteration")
+        raise KeyError(f"select names {metric!r} but the evaluation returned {returned}.")
+    value = row[metric]
+    better = not best or (value > best["row"][metric] if mode == "max" else value < best["row"][metric])
+    if better:
+        best["row"] = dict(row)
+        best["state"] = {name: {k: v.detach().clone() for k, v in obj.items()}
+                         for name, obj in state.items() if isinstance(obj, dict)}
+
+
 def fit(step: Callable[[int], dict], iterations: int, *, log_every: int = 100,
         evaluate: Callable[[int], dict] | None = None, eval_every: int | None = None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1000, state: dict | None = None,
-        desc: str = "meta-training", progress: bool = True, hint: str = "") -> History:
+        desc: str = "meta-training", progress: bool = True, hint: str = "",
+        select: tuple[str, str] | None = None) -> History:
     """Run ``step(it)`` for it = 0 .. iterations−1 and return the :class:`History`.
 
     evaluate(it): returns a dict of numbers; called every ``eval_every`` iterations and at the end.
+    select: (metric, "max" or "min"), model selection on the evaluations (which must come from
+        meta-validation tasks, never meta-test): the θ of the best evaluation is kept — the
+        entries of ``state`` that are parameter dicts are restored to it at the end — and
+        ``history.selected`` is its evaluation row (with its ``iteration``).
     checkpoint, state: where to save and what (names → θ dicts or objects with state_dict); a run
         resumes from an existing checkpoint.
     hint: appended to the divergence error (e.g. "try a smaller inner learning rate α").
@@ -108,6 +131,13 @@ def fit(step: Callable[[int], dict], iterations: int, *, log_every: int = 100,
     check_count("log_every", log_every)
     if checkpoint is not None and not state:
         raise ValueError("a checkpoint needs state={...}: the parameters and optimizers to save.")
+    if select is not None:
+        if evaluate is None or not state or not any(isinstance(v, dict) for v in state.values()):
+            raise ValueError("select=(metric, 'max'/'min') needs evaluate=... and state={...} with the parameters "
+                             "to keep.")
+        if not (isinstance(select, tuple) and len(select) == 2 and select[1] in ("max", "min")):
+            raise ValueError(f"select must be (metric name, 'max' or 'min'), got {select!r}.")
+    best: dict = {}
     history, start = History(), 0
     if checkpoint is not None and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -147,10 +177,18 @@ def fit(step: Callable[[int], dict], iterations: int, *, log_every: int = 100,
             log(done)
         if evaluate is not None and eval_every and done % eval_every == 0 and done != iterations:
             history.eval.append({"iteration": done, **evaluate(done)})
+            _keep_best(select, history, state, best)
         if checkpoint is not None and (done % checkpoint_every == 0):
             save(done)
     if evaluate is not None and (not history.eval or history.eval[-1]["iteration"] != iterations):
         history.eval.append({"iteration": iterations, **evaluate(iterations)})
+        _keep_best(select, history, state, best)
+    if select is not None and best:
+        with torch.no_grad():
+            for name, params in best["state"].items():
+                for k, v in params.items():
+                    state[name][k].copy_(v)
+        history.selected = best["row"]
     bar.close()
     history.seconds = seconds_before + time.perf_counter() - began
     if checkpoint is not None:

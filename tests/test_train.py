@@ -75,3 +75,31 @@ def test_bad_arguments():
         train.fit(lambda it: {}, 1, checkpoint="x.pt", progress=False)
     with pytest.raises(TypeError, match="cannot checkpoint 'n' of type int"):
         train._state_dict({"n": 3})
+
+
+def test_select_keeps_the_parameters_of_the_best_validation_score():
+    theta = {"w": torch.zeros(1, requires_grad=True)}
+    scores = {10: 0.5, 20: 0.9, 30: 0.7}
+    seen = {}
+
+    def step(it):
+        with torch.no_grad():
+            theta["w"] += 1.0
+        return {"loss": torch.tensor(1.0)}
+
+    def evaluate(it):
+        seen[it] = float(theta["w"])
+        return {"val_accuracy": scores[it]}
+
+    history = train.fit(step, 30, evaluate=evaluate, eval_every=10, state={"theta": theta}, progress=False,
+                        select=("val_accuracy", "max"))
+    assert history.selected == {"iteration": 20, "val_accuracy": 0.9}
+    assert float(theta["w"]) == seen[20] == 20.0       # θ is the one evaluated at iteration 20
+
+
+def test_select_needs_evaluations_and_parameters():
+    with pytest.raises(ValueError, match="needs evaluate"):
+        train.fit(lambda it: {}, 1, select=("accuracy", "max"), progress=False)
+    with pytest.raises(ValueError, match="select must be"):
+        train.fit(lambda it: {}, 1, select=("accuracy", "best"), evaluate=lambda it: {}, state={"t": {}},
+                  progress=False)
