@@ -123,3 +123,88 @@ def test_zip_with_missing_drawers(tmp_path, private_cache):
 def test_bad_size():
     with pytest.raises(ValueError, match="size must be an int in \\[4, 105\\]"):
         load_omniglot(size=200)
+
+
+# --- the decoded cache and the images' digest ---------------------------------------------------
+
+def _fake_decoder(calls):
+    def read(path, size):
+        calls.append(path.name)
+        _, _, n = omniglot_module.ZIPS[path.name]
+        return np.full((n, 20, size, size), 7, dtype=np.uint8), [f"Alphabet/character{i:04d}" for i in range(n)]
+    return read
+
+
+@pytest.fixture
+def cached_evaluation_zip(tmp_path, monkeypatch, private_cache):
+    """A placeholder images_evaluation.zip, a decoder that counts its calls, and the cache it writes."""
+    zip_path = tmp_path / "images_evaluation.zip"
+    zip_path.write_bytes(b"the decoder is replaced; the cache is keyed by this file's place and time")
+    calls = []
+    monkeypatch.setattr(omniglot_module, "_read_zip", _fake_decoder(calls))
+    omniglot_module._load_one(zip_path, 28)
+    assert calls == ["images_evaluation.zip"]
+    return zip_path, omniglot_module._cache_path(zip_path, 28), calls
+
+
+def test_a_good_cache_is_read_without_decoding(cached_evaluation_zip):
+    zip_path, cache, calls = cached_evaluation_zip
+    images, characters = omniglot_module._load_one(zip_path, 28)
+    assert calls == ["images_evaluation.zip"] and images.shape == (659, 20, 28, 28) and len(characters) == 659
+
+
+def _rewrite(cache, **changes):
+    with np.load(cache, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    arrays.update(changes)
+    for k in [k for k, v in changes.items() if v is None]:
+        del arrays[k]
+    np.savez(cache, **arrays)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda c: c.write_bytes(c.read_bytes()[:1000]), "unreadable"),
+    (lambda c: c.write_bytes(b""), "unreadable"),
+    (lambda c: np.savez(c, something=np.zeros(3)), "missing"),
+    (lambda c: _rewrite(c, images=np.zeros((974, 20, 28, 28), np.uint8)), "974, 20, 28, 28"),
+    (lambda c: _rewrite(c, characters=np.array(["a"] * 600)), "naming 600 characters, not 659"),
+    (lambda c: _rewrite(c, images=np.full((659, 20, 28, 28), 9, np.uint8)), "damaged"),
+    (lambda c: _rewrite(c, source_digest=np.array("0" * 64)), "images other than the official ones"),
+], ids=["truncated", "empty", "foreign", "wrong-shape", "wrong-names", "changed-pixels", "other-source"])
+def test_a_bad_cache_is_named_in_a_warning_and_decoded_again(cached_evaluation_zip, damage, reason):
+    from mlcourse.tasks.download import CacheWarning
+
+    zip_path, cache, calls = cached_evaluation_zip
+    damage(cache)
+    with pytest.warns(CacheWarning, match=f"{cache.name}.*{reason}"):
+        images, _ = omniglot_module._load_one(zip_path, 28)
+    assert calls == ["images_evaluation.zip"] * 2 and images.shape == (659, 20, 28, 28)
+    assert omniglot_module._load_one(zip_path, 28)[0].shape == (659, 20, 28, 28)   # the rebuilt cache is good
+    assert len(calls) == 2
+
+
+def test_a_swapped_png_is_found_when_the_zip_is_first_decoded(omniglot_dir, tmp_path, monkeypatch, private_cache):
+    """A re-packed zip with the official layout and counts, but two images exchanged. (Two characters of
+    the real evaluation set stand for the whole set, whose digest is computed here independently.)"""
+    import hashlib
+
+    source = zipfile.ZipFile(omniglot_dir / "images_evaluation.zip")
+    names = sorted(n for n in source.namelist() if n.endswith(".png"))[:40]   # two characters, 20 drawers each
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.split("/", 1)[1].encode())
+        digest.update(np.asarray(Image.open(io.BytesIO(source.read(name))).convert("L")).tobytes())
+    monkeypatch.setitem(omniglot_module.ZIPS, "images_evaluation.zip", ("-", 1, 2))
+    monkeypatch.setitem(omniglot_module.IMAGES_DIGEST, "images_evaluation.zip", digest.hexdigest())
+
+    def pack(folder, swap=()):
+        folder.mkdir()
+        with zipfile.ZipFile(folder / "images_evaluation.zip", "w") as out:
+            for name in names:
+                out.writestr(name, source.read(dict(zip(swap, reversed(swap))).get(name, name)))
+        return folder / "images_evaluation.zip"
+
+    images, characters = omniglot_module._read_zip(pack(tmp_path / "same"), 28)
+    assert images.shape == (2, 20, 28, 28) and len(characters) == 2
+    with pytest.raises(OmniglotError, match="images differ from the official Omniglot images"):
+        omniglot_module._read_zip(pack(tmp_path / "swapped", swap=(names[0], names[-1])), 28)

@@ -4,7 +4,11 @@
 them, with an md5 check, when missing), checks their contents, resizes every image to 28×28 once
 and returns all of it as one uint8 tensor ``[1623, 20, 28, 28]`` on the device, strokes bright.
 Decoding 32,460 PNGs takes seconds, so the decoded tensor is cached in an ``.npz`` in the user
-cache folder (:func:`mlcourse.runtime.cache_dir`); later loads read the cache.
+cache folder (:func:`mlcourse.runtime.cache_dir`); later loads read the cache after checking it
+(shape, character names, a digest of its pixels), and decode again, with a warning, when it is
+truncated, foreign or stale. A zip already in place is checked by its contents rather than its
+bytes: when it is first decoded, a digest of every decoded image (with its path) must match the
+official image set's, so a changed or swapped PNG is found even in a re-packed zip.
 
 :meth:`Omniglot.split` gives the class splits of the papers: ``"maml"`` (all characters shuffled
 with seed 1: 1,100 meta-train, 100 meta-val, 423 meta-test, as in Finn et al.'s code) and
@@ -18,9 +22,7 @@ import hashlib
 import io
 import os
 import random
-import tempfile
-import urllib.error
-import urllib.request
+import urllib.request  # noqa: F401 - tests replace urlopen here to simulate the network
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import runtime
+from .download import DataError, array_digest, download, load_cached, save_arrays
 
 BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 # name: (md5 of the official file, alphabets, characters)
@@ -36,11 +39,17 @@ ZIPS = {
     "images_background.zip": ("68d2efa1b9178cc56df9314c21c6e718", 30, 964),
     "images_evaluation.zip": ("6b91aef0f799c5bb55b94e3f2daec811", 20, 659),
 }
+# sha256 over the official images in path order: each PNG's path below the top folder, then its
+# decoded 105×105 pixels (8-bit). It depends on the images only, not on how the zip was packed.
+IMAGES_DIGEST = {
+    "images_background.zip": "1172c636734a347a343ec697dd97c7bf8cf9a0b8585fdc3f06c8e276f3633ecf",
+    "images_evaluation.zip": "e1b2a8d6437057220f345d4babf2b6003a519611bfc141e4d792ed155011bc21",
+}
 DRAWERS = 20
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
-class OmniglotError(RuntimeError):
+class OmniglotError(DataError):
     """A missing, corrupt or unexpected Omniglot file."""
 
 
@@ -86,36 +95,8 @@ class Omniglot:
         raise ValueError(f"unknown split {kind!r}; allowed: 'maml' or 'alphabet'.")
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(name: str, folder: Path) -> Path:
-    """Fetch an official zip into folder, verify its md5, and move it in place atomically."""
-    url, (md5, _, _) = BASE_URL + name, ZIPS[name]
-    part = folder / (name + ".part")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-    except (urllib.error.URLError, OSError) as err:
-        part.unlink(missing_ok=True)
-        raise OmniglotError(
-            f"Omniglot file {name} is missing and could not be downloaded from {url} ({err}). "
-            f"Download it by hand and put it in {folder} (or point MLCOURSE_DATA at a folder whose "
-            f"omniglot/ subfolder holds it)."
-        ) from None
-    got = _md5(part)
-    if got != md5:
-        part.unlink()
-        raise OmniglotError(f"downloaded {url} but its md5 is {got}, expected {md5}; the file was deleted.")
-    os.replace(part, folder / name)
-    return folder / name
+    return download(BASE_URL + name, folder, name, ZIPS[name][0], error=OmniglotError)
 
 
 def _read_zip(path: Path, size: int):
@@ -147,14 +128,22 @@ def _read_zip(path: Path, size: int):
         )
     characters = sorted(groups)
     images = np.empty((len(characters), DRAWERS, size, size), dtype=np.uint8)
+    digest = hashlib.sha256()
     try:
         for c, character in enumerate(characters):
             for d, name in enumerate(groups[character]):
                 image = Image.open(io.BytesIO(archive.read(name))).convert("L")
+                digest.update(name.split("/", 1)[1].encode())
+                digest.update(np.asarray(image).tobytes())
                 # Lanczos resampling from 105×105, as the MAML code's resize; invert so strokes are bright.
                 images[c, d] = 255 - np.asarray(image.resize((size, size), Image.LANCZOS))
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise OmniglotError(f"{path} is corrupt ({err}); delete it so that it is downloaded again.") from None
+    if digest.hexdigest() != IMAGES_DIGEST[path.name]:
+        raise OmniglotError(
+            f"{path} has the official layout but its images differ from the official Omniglot images (digest "
+            f"{digest.hexdigest()[:16]}..., expected {IMAGES_DIGEST[path.name][:16]}...): a PNG was changed, replaced "
+            f"or swapped. Delete it so that it is downloaded again (official md5 {md5}).")
     return images, characters
 
 
@@ -167,21 +156,34 @@ def _cache_path(zip_path: Path, size: int) -> Path:
     return runtime.cache_dir() / "omniglot" / name
 
 
-def _save_atomically(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.part", delete=False) as f:
-        np.savez(f, **arrays)
-    os.replace(f.name, path)
+def _check_cache(arrays: dict, zip_name: str, size: int) -> str | None:
+    """Why a decoded cache cannot be trusted, or None if it holds what decoding would give."""
+    _, _, n_characters = ZIPS[zip_name]
+    missing = {"images", "characters", "images_digest", "source_digest"} - set(arrays)
+    if missing:
+        return f"missing {sorted(missing)}"
+    images, characters = arrays["images"], arrays["characters"]
+    if images.dtype != np.uint8 or images.shape != (n_characters, DRAWERS, size, size):
+        return (f"holding {images.dtype} images of shape {images.shape}, not uint8 "
+                f"{(n_characters, DRAWERS, size, size)}")
+    if characters.shape != (n_characters,):
+        return f"naming {characters.shape[0] if characters.ndim else 0} characters, not {n_characters}"
+    if str(arrays["source_digest"]) != IMAGES_DIGEST[zip_name]:
+        return "decoded from images other than the official ones"
+    if str(arrays["images_digest"]) != array_digest(images):
+        return "damaged (its pixels do not match the digest it was saved with)"
+    return None
 
 
 def _load_one(zip_path: Path, size: int):
     cache = _cache_path(zip_path, size)
-    if cache.exists():
-        with np.load(cache) as saved:
-            return saved["images"], [str(c) for c in saved["characters"]]
+    saved = load_cached(cache, lambda arrays: _check_cache(arrays, zip_path.name, size))
+    if saved is not None:
+        return saved["images"], [str(c) for c in saved["characters"]]
     images, characters = _read_zip(zip_path, size)
     try:
-        _save_atomically(cache, images=images, characters=np.array(characters))
+        save_arrays(cache, images=images, characters=np.array(characters), images_digest=np.array(array_digest(images)),
+                    source_digest=np.array(IMAGES_DIGEST[zip_path.name]))
     except OSError:
         pass  # a cache we cannot write only costs time on the next load
     return images, characters
