@@ -105,9 +105,26 @@ def test_sinusoid_rejects_bad_counts(kwargs, message):
         SinusoidFamily().sample(device="cpu", **kwargs)
 
 
-def test_sinusoid_rejects_empty_range():
-    with pytest.raises(ValueError, match="amplitude range"):
-        SinusoidFamily(amplitude=(5.0, 0.1))
+@pytest.mark.parametrize("kwargs,message", [
+    ({"amplitude": (5.0, 0.1)}, r"amplitude range must be \(low, high\) with low <= high, got \(5.0, 0.1\)"),
+    ({"amplitude": (0.1, float("inf"))}, "amplitude range must be finite, got \\(0.1, inf\\)"),
+    ({"phase": (float("-inf"), 0.0)}, "phase range must be finite"),
+    ({"x_range": (float("nan"), 1.0)}, "x range must be finite"),
+    ({"amplitude": 5.0}, r"amplitude range must be a pair \(low, high\), got 5.0"),
+    ({"amplitude": (0.1, 1.0, 5.0)}, r"amplitude range must be a pair \(low, high\), got \(0.1, 1.0, 5.0\)"),
+    ({"amplitude": ("low", "high")}, "must be a pair of numbers"),
+])
+def test_sinusoid_rejects_bad_ranges(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SinusoidFamily(**kwargs)
+
+
+def test_sinusoid_refuses_integer_dtypes_and_missing_devices():
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype, got torch.int64"):
+        SinusoidFamily().sample(3, 5, device="cpu", dtype=torch.int64)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+            SinusoidFamily().sample(3, 5, device="cuda")
 
 
 # --- Episodes --------------------------------------------------------------------------------

@@ -17,10 +17,24 @@ from .batch import TaskBatch
 
 
 def _check_range(name: str, bounds) -> tuple[float, float]:
-    low, high = (float(b) for b in bounds)
+    """(low, high) as floats: two finite numbers with low <= high, else an error saying so."""
+    if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise ValueError(f"{name} range must be a pair (low, high), got {bounds!r}.")
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} range must be a pair of numbers (low, high), got {bounds!r}.") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} range must be finite, got {bounds!r}.")
     if not low <= high:
         raise ValueError(f"{name} range must be (low, high) with low <= high, got {bounds!r}.")
     return low, high
+
+
+def _check_float(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"sinusoid tasks are real-valued: dtype must be a floating-point torch dtype, got {dtype!r}.")
+    return dtype
 
 
 class SinusoidFamily:
@@ -54,7 +68,8 @@ class SinusoidFamily:
     def sample_params(self, num_tasks: int, *, device=None, dtype=torch.float32, generator=None):
         """Amplitudes and phases of ``num_tasks`` tasks, each of shape [num_tasks]."""
         check_count("num_tasks", num_tasks)
-        device = runtime.device() if device is None else torch.device(device)
+        device = runtime.device() if device is None else runtime.check_device(device)
+        _check_float(dtype)
         amplitude = self._uniform((num_tasks,), self.amplitude, device, dtype, generator)
         phase = self._uniform((num_tasks,), self.phase, device, dtype, generator)
         return amplitude, phase
@@ -62,7 +77,8 @@ class SinusoidFamily:
     def sample_x(self, num_tasks: int, points: int, *, device=None, dtype=torch.float32, generator=None):
         """Inputs x ~ U[x_range] of shape [num_tasks, points, 1]."""
         check_count("points", points)
-        device = runtime.device() if device is None else torch.device(device)
+        device = runtime.device() if device is None else runtime.check_device(device)
+        _check_float(dtype)
         return self._uniform((num_tasks, points, 1), self.x_range, device, dtype, generator)
 
     def tasks(self, amplitude: torch.Tensor, phase: torch.Tensor, shots: int, queries: int | None = None,
