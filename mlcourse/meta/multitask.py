@@ -58,8 +58,9 @@ class MultiTask:
         weighting: the w_i of Σ_i w_i L_i: ``"equal"`` (w_i = 1/M, so the step size does not grow
             with M), a sequence of M fixed weights, or ``"uncertainty"`` (Kendall et al. 2018:
             Σ_i ½ exp(−s_i) L_i + ½ s_i with learned s_i = log σ_i², averaged over tasks).
-        execution: ``"vmap"``, ``"loop"`` or ``"auto"`` (a loop only for per-task conv weights on CPU
-            with more than 32 examples per task, where vmap's grouped convolutions are slower).
+        execution: ``"vmap"``, ``"loop"`` or ``"auto"`` (for independent per-task networks,
+            :func:`mlcourse.meta.functional.choose_execution` decides by device and examples per task;
+            the shared-trunk models always use vmap).
     """
 
     def __init__(self, kind: str, num_tasks: int, *, net: nn.Module | None = None, trunk: nn.Module | None = None,

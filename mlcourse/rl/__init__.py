@@ -6,8 +6,8 @@
     policy      the Gaussian MLP policy π_θ(a|s) as a function of a parameter dict
     rollout     trajectories of a meta-batch, [tasks, trajectories, time, ...]
     returns     discounted returns, GAE, the linear feature baseline
-    trpo        conjugate gradient and the KL-constrained step
-    maml_rl     MAML for RL: the inner policy-gradient step, the DiCE meta-gradient, meta-training
+    trpo        the KL-constrained step (its conjugate gradient is mlcourse.linalg's)
+    maml_rl     MAML for RL: the inner policy-gradient step, the DiCE meta-gradient, the TRPO meta-step
 """
 
 from .maml_rl import MAMLRL, MetaBatch, inner_objective, magic_box
