@@ -145,10 +145,11 @@ class _GiveUp(Exception):
 
 
 def grade_submission(sub: submissions.Submission, exercises: list[Exercise], prepared: dict[str, list[Prepared]],
-                     settings: Settings, mode: Mode, workdir: Path, live: set, data: Path | None = None) -> Result:
+                     settings: Settings, mode: Mode, workdir: Path, live: set, data: Path | None = None,
+                     chapter: str = "") -> Result:
     """Grade one submission (already read) in its own sandbox; never raises for what it does."""
     began = time.monotonic()
-    result = Result(sub.student, sub.relative, sub.stem, sub.sha256, mode.name, expected=[e.id for e in exercises])
+    result = Result(sub.student, sub.relative, chapter, sub.sha256, mode.name, expected=[e.id for e in exercises])
     result.notes += sub.notes
     if sub.error:
         result.status, result.mode = sub.status, ""
@@ -158,14 +159,15 @@ def grade_submission(sub: submissions.Submission, exercises: list[Exercise], pre
     output = Output(settings.limits.output_kb << 10)
     deadline = began + settings.timeout
     imports = submissions.needed_imports(sub)
-    cells = [c for c in sub.cells if submissions.defines(c)]
+    cells = [c for c in sub.cells if submissions.defines(c, {ex.function for ex in exercises})]
     skipped = [str(c.index) for c in sub.cells if c not in cells]
     if skipped:
         result.notes.append(f"answer cell{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} define no function "
                             "and were not run (experiments and written answers are for the teacher to read)")
     cells = ([submissions.AnswerCell(-1, "\n".join(imports))] if imports else []) + cells
     state = {"box": None, "good": [], "restarts": 0}
-    preload = any(protocol.needs_torch(p.request) for ex in exercises for p in prepared[ex.id])
+    preload = (any(protocol.needs_torch(p.request) for ex in exercises for p in prepared[ex.id])
+               or submissions.imports_torch(cells))
 
     def limit(seconds: float) -> float:
         left = deadline - time.monotonic()
@@ -425,8 +427,8 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
         todo = [(sub, name, exs) for key, (sub, name, exs) in jobs_of.items() if key not in done]
         bar = _progress(len(jobs_of), len(done), progress)
         with ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="grade") as pool:
-            futures = {pool.submit(grade_submission, sub, exs, prepared, settings, mode, workdir, live, data): sub
-                       for sub, _, exs in todo}
+            futures = {pool.submit(grade_submission, sub, exs, prepared, settings, mode, workdir, live, data, name): sub
+                       for sub, name, exs in todo}
             try:
                 remaining = set(futures)
                 while remaining:
@@ -436,11 +438,12 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
                         try:
                             result = future.result()
                         except Exception as err:  # a bug of ours must not cost the class its grades
-                            result = Result(sub.student, sub.relative, sub.stem, sub.sha256, mode.name, "error",
+                            result = Result(sub.student, sub.relative, jobs_of[sub.relative][1], sub.sha256, mode.name,
+                                            "error",
                                             notes=[f"the grader failed on this submission: {type(err).__name__}: {err}"])
                         finish(result, sub)
                         if reap_orphans and mode.name == "rlimits":
-                            kill_orphans({box.process.pid for box in list(live)})
+                            kill_orphans()
                         bar(result)
             except BaseException:
                 for future in futures:
@@ -455,7 +458,7 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
         for box in list(live):
             box.kill()
         if reap_orphans:
-            kill_orphans(set())
+            kill_orphans()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -61,12 +61,16 @@ DEFAULT = Limits()
 
 def pack(value, allow_built: bool = False) -> bytes:
     """One frame holding ``value``. Raises ProtocolError for anything that is not plain data."""
-    tensors, chunks, size = [], [], 0
+    tensors, chunks, size, count = [], [], 0, 0
 
     def node(v, depth):
-        nonlocal size
+        nonlocal size, count
+        count += 1
         if depth > DEFAULT.depth:
             raise ProtocolError(f"the value is nested more than {DEFAULT.depth} levels deep")
+        if count > DEFAULT.nodes:
+            raise ProtocolError(f"the value holds more than {DEFAULT.nodes:,} numbers, strings and containers "
+                                "(send big data as tensors)")
         if v is None or isinstance(v, (bool, str)):
             return v
         if isinstance(v, int):

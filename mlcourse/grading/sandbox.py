@@ -36,6 +36,10 @@ from pathlib import Path
 from . import protocol
 
 SANDBOX_UID = 65534
+# Held while a sandbox is spawned and registered, and while orphans are swept: a worker that has
+# just been spawned is never taken for an orphan.
+SPAWN_LOCK = threading.Lock()
+RUNNING: set = set()   # every live sandbox of this process (several gradings may run at once)
 HOME = "/home/student"
 PACKAGE_ROOT = "/opt/mlcourse"
 DATA = "/data"
@@ -332,13 +336,15 @@ class Sandbox:
                 self.cap = PidsCap(parent, limits.processes)
                 cmd = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cap.path / "cgroup.procs"), *cmd]
         try:
-            self.process = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, pass_fds=(requests_r, replies_w),
-                                            start_new_session=True)
+            with SPAWN_LOCK:
+                self.process = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                pass_fds=(requests_r, replies_w), start_new_session=True)
+                live.add(self)
+                RUNNING.add(self)
         finally:
             os.close(requests_r)
             os.close(replies_w)
-        live.add(self)
         os.set_blocking(self.requests, False)
         self.reader = threading.Thread(target=self._read_output, daemon=True)
         self.reader.start()
@@ -410,6 +416,7 @@ class Sandbox:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
         self.live.discard(self)
+        RUNNING.discard(self)
 
     def finish(self) -> None:
         """End the sandbox politely (a bye, a short wait), then kill whatever is left."""
@@ -433,9 +440,14 @@ def become_subreaper() -> bool:
         return False
 
 
-def kill_orphans(keep: set[int]) -> int:
-    """SIGKILL and reap this process's children that are not in ``keep`` (orphans adopted as a
-    subreaper); returns how many there were."""
+def kill_orphans() -> int:
+    """SIGKILL and reap this process's children that are not the workers of live sandboxes
+    (orphans adopted as a subreaper); returns how many there were."""
+    with SPAWN_LOCK:
+        return _kill_orphans({box.process.pid for box in list(RUNNING)})
+
+
+def _kill_orphans(keep: set[int]) -> int:
     me, killed = str(os.getpid()), 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in keep:

@@ -154,11 +154,21 @@ def parse(source: str) -> ast.Module | None:
 DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
-def defines(cell: AnswerCell) -> bool:
-    """Whether a cell defines a function or class (what the checks call); a cell that does not
-    parse is run too, so that its SyntaxError reaches the feedback."""
+def defines(cell: AnswerCell, names: set[str]) -> bool:
+    """Whether a cell defines a function or class, or binds one of ``names`` (the functions the
+    checks call): the cells worth running. A cell that does not parse is run too, so that its
+    SyntaxError reaches the feedback."""
     tree = parse(cell.source)
-    return tree is None or any(isinstance(n, DEFINITIONS[2:]) for n in tree.body)
+    if tree is None or any(isinstance(n, DEFINITIONS[2:]) for n in tree.body):
+        return True
+    bound = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= bound_names(ast.unparse(node))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return bool(bound & names)
 
 
 def definitions_only(cell: AnswerCell) -> AnswerCell | None:
@@ -171,6 +181,19 @@ def definitions_only(cell: AnswerCell) -> AnswerCell | None:
     if len(kept) == len(tree.body) or not any(isinstance(n, DEFINITIONS[2:]) for n in kept):
         return None
     return AnswerCell(cell.index, "\n\n".join(ast.unparse(n) for n in kept), definitions=True)
+
+
+def imports_torch(cells: list[AnswerCell]) -> bool:
+    """Whether the cells import torch (or the package, which does): then the sandbox imports it
+    before its first cell, under the start-up limit rather than a cell's timeout."""
+    for cell in cells:
+        tree = parse(cell.source)
+        for node in ast.walk(tree) if tree else []:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ("torch", "mlcourse") for n in names):
+                return True
+    return False
 
 
 def import_statements(source: str) -> list[str]:
