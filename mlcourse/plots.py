@@ -11,9 +11,24 @@ import torch
 from .stats import mean_ci95
 
 # The player of matplotlib's HTML animations loads Font Awesome 4 from a CDN for its button icons.
-# The book works offline, so the link is dropped and each icon becomes a plain Unicode symbol.
-_ICONS = {"fa-minus": "−", "fa-fast-backward": "⏮", "fa-step-backward": "⏴", "fa-play fa-flip-horizontal": "◀",
-          "fa-pause": "⏸", "fa-play": "▶", "fa-step-forward": "⏵", "fa-fast-forward": "⏭", "fa-plus": "+"}
+# The book works offline, and Unicode's media symbols are missing from common fonts (DejaVu,
+# Liberation), so the link is dropped and each icon is drawn as a small inline SVG (16 × 16 units,
+# in the text colour).
+_ICON_PATHS = {  # Font Awesome class: (the Unicode symbol the icon stands for, the SVG path)
+    "fa-minus": ("−", "M2 7h12v2H2z"),
+    "fa-fast-backward": ("⏮", "M15 2 9 8l6 6zM9 2 3 8l6 6zM1 2h2v12H1z"),
+    "fa-step-backward": ("⏴", "M14 2 6 8l8 6zM2 2h3v12H2z"),
+    "fa-play fa-flip-horizontal": ("◀", "M12 2 2 8l10 6z"),
+    "fa-pause": ("⏸", "M3 2h4v12H3zM9 2h4v12H9z"),
+    "fa-play": ("▶", "M4 2l10 6-10 6z"),
+    "fa-step-forward": ("⏵", "M2 2l8 6-8 6zM11 2h3v12h-3z"),
+    "fa-fast-forward": ("⏭", "M1 2l6 6-6 6zM7 2l6 6-6 6zM13 2h2v12h-2z"),
+    "fa-plus": ("+", "M7 2h2v5h5v2H9v5H7V9H2V7h5z"),
+}
+# The symbol rides along as data-symbol, so that text-based checks can tell the icons apart.
+_ICONS = {name: (f'<svg class="mlcourse-icon" data-symbol="{symbol}" viewBox="0 0 16 16" width="1em" height="1em" '
+                 f'aria-hidden="true" style="vertical-align:-0.125em"><path fill="currentColor" d="{path}"/></svg>')
+          for name, (symbol, path) in _ICON_PATHS.items()}
 
 
 def _numpy(t) -> np.ndarray:
@@ -26,9 +41,12 @@ def animation(anim):
     from IPython.display import HTML
 
     html = anim.to_jshtml()
-    html = re.sub(r'<link rel="stylesheet"\s+href="https://maxcdn[^"]*font-awesome[^"]*">', "", html)
-    for name, symbol in _ICONS.items():
-        html = html.replace(f'<i class="fa {name}"></i>', symbol)
+    html = re.sub(r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">', "", html)
+    for name, icon in _ICONS.items():
+        html = html.replace(f'<i class="fa {name}"></i>', icon)
+    if '<i class="fa' in html:
+        raise RuntimeError("matplotlib's animation player has an icon that mlcourse.plots does not draw: "
+                           + re.search(r'<i class="fa[^"]*">', html).group(0))
     return HTML(html)
 
 

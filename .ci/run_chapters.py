@@ -1,0 +1,142 @@
+"""Execute chapter notebooks as "Run all" does, a few at a time, and keep the executed copies.
+
+    python .ci/run_chapters.py --out DIR [--jobs 2] [--cwd DIR] [--colab-install REQ] chapters/*.ipynb
+
+Each notebook runs top to bottom in a fresh kernel of the Python that runs this script; the first
+error stops that notebook, and the run fails with the chapter, the cell and the traceback. The
+executed notebook is written to DIR/<name>.ipynb (the sources are never written), with the
+mlcourse modules the chapter loaded in its metadata (`executed_modules`). Only nbclient
+and nbformat are needed, so the same script runs in the book's environment and in the Colab-like
+one (.ci/colab-constraints.txt).
+
+--cwd: the folder a notebook runs in (default: the notebook's own folder, as Jupyter Book does).
+    With --cwd, every notebook gets its own empty folder under it, as on Colab where no
+    repository files lie beside the notebook.
+--colab-install: run the Colab set-up cell as on Colab: `google.colab` is made importable for
+    the kernel and the cell's `git+<repository>@<tag>` is replaced by REQ (a built wheel), so the
+    cell's own `pip install` line is what installs the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+# The longest chapters start first, so that two workers finish together; durations of the last run
+# are kept beside the outputs.
+DURATIONS = "durations.json"
+# Run after the last cell: which mlcourse modules the chapter loaded (.ci/book_cache.py keys the
+# execution cache on their source).
+PROBE = ('import json as _json, sys as _sys\n'
+         'print(_json.dumps(sorted(m for m in _sys.modules if m.split(".")[0] == "mlcourse")))')
+FAKE_COLAB = ('import sys, types  # added by .ci/run_chapters.py: the kernel believes it runs on Colab\n'
+              'sys.modules.setdefault("google.colab", types.ModuleType("google.colab"))\n')
+
+
+class ChapterFailed(Exception):
+    pass
+
+
+def colab_setup(source: str, requirement: str) -> str:
+    """The set-up cell as it runs on Colab, installing `requirement` instead of the release tag."""
+    if not re.search(r'RELEASE = "git\+\S+"', source):
+        raise ChapterFailed(f"the set-up cell names no RELEASE = \"git+...\" to install:\n{source}")
+    return FAKE_COLAB + re.sub(r'RELEASE = "git\+\S+"', f'RELEASE = "{requirement}"', source)
+
+
+def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, timeout: int) -> float:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    nb = nbformat.read(path, as_version=4)
+    if requirement:
+        first = nb.cells[0]
+        first.source = colab_setup(first.source, requirement)
+    if cwd_root is None:
+        cwd = str(path.resolve().parent)
+    else:
+        cwd = tempfile.mkdtemp(prefix=f"{path.stem}-", dir=cwd_root)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
+                            record_timing=False)
+    began = time.perf_counter()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+        failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and
+                  any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+        where = f"cell {failed[0]} (id {nb.cells[failed[0]].get('id')})" if failed else "a cell"
+        raise ChapterFailed(f"{path.name}: {where} failed after {time.perf_counter() - began:.0f} s, "
+                            f"in {cwd}:\n{err}") from None
+    seconds = time.perf_counter() - began
+    probe = nb.cells.pop()
+    nb.metadata["executed_modules"] = json.loads("".join(o.get("text", "") for o in probe.outputs))
+    if requirement:  # the executed copy keeps the chapter's own set-up cell
+        nb.cells[0].source = nbformat.read(path, as_version=4).cells[0].source
+    nbformat.write(nb, out / path.name)
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the executed notebooks")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--cwd", type=Path, default=None, help="run each notebook in a new folder under this one")
+    parser.add_argument("--colab-install", default=None, metavar="REQ",
+                        help="run the set-up cell as on Colab, installing REQ")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed for one cell")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.notebooks if not p.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.cwd is not None:
+        args.cwd.mkdir(parents=True, exist_ok=True)
+    # The kernels' `!pip` is this environment's pip, as on Colab; the workers share the cores.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    workers = min(args.jobs, len(args.notebooks))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger, quiet about frozen modules
+    record = args.out / DURATIONS
+    durations = json.loads(record.read_text()) if record.exists() else {}
+    order = sorted(args.notebooks, key=lambda p: -durations.get(p.name, p.stat().st_size / 1e4))
+
+    began = time.perf_counter()
+    failures = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run, p, args.out, args.cwd, args.colab_install, args.timeout): p for p in order}
+        for future in as_completed(futures):
+            path = futures[future]
+            if future.cancelled():
+                continue
+            try:
+                durations[path.name] = round(future.result(), 1)
+                print(f"ran {path.name} in {durations[path.name]:.0f} s", flush=True)
+            except ChapterFailed as err:
+                failures.append(str(err))
+                print(f"FAILED {err}", flush=True)
+                for other in futures:  # the run fails at the first error: start nothing more
+                    other.cancel()
+    record.write_text(json.dumps(durations, indent=1, sort_keys=True) + "\n")
+    done = sum(p.name in durations and (args.out / p.name).exists() for p in order)
+    print(f"{done} of {len(order)} notebooks ran in {time.perf_counter() - began:.0f} s with {workers} jobs"
+          + (", the others were not started after the first failure" if failures else ""), flush=True)
+    if failures:
+        print(f"{len(failures)} failed:\n" + "\n".join(f.splitlines()[0] for f in failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
