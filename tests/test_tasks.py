@@ -227,3 +227,48 @@ def test_impossible_episodes_are_refused(kwargs, error, message):
 def test_episode_sampler_needs_uint8_images():
     with pytest.raises(TypeError, match="uint8 tensor"):
         EpisodeSampler(torch.rand(5, 20, 28, 28), ways=5, shots=1, device="cpu")
+
+
+# --- Fixed labels: non-mutually-exclusive tasks (the memorisation setting) ---------------------
+
+def _labels_seen(batch):
+    """{dataset class: set of labels it was given} over the batch, read from the images themselves."""
+    seen = {}
+    for x, y in ((batch.x_tr, batch.y_tr), (batch.x_ts, batch.y_ts)):
+        classes, _ = _decode(x)
+        for c, label in zip(classes.flatten().tolist(), y.flatten().tolist()):
+            seen.setdefault(c, set()).add(label)
+    return seen
+
+
+def test_fixed_labels_give_every_class_one_label_across_episodes():
+    sampler = EpisodeSampler(_coded_images(classes=12), ways=5, shots=2, queries=1, labels="fixed", device="cpu")
+    batch = sampler.sample(500)
+    seen = _labels_seen(batch)
+    assert set(seen) == set(range(12))                            # every class is drawn ...
+    for c, labels in seen.items():
+        assert labels == {int(sampler.class_labels[c])}           # ... always with its own label
+    assert sorted(torch.bincount(sampler.class_labels).tolist()) == [2, 2, 2, 3, 3]   # 12 classes dealt to 5 labels
+    for e in range(50):                                           # still N distinct classes, K + Q images each
+        assert len(set(batch.params["classes"][e].tolist())) == 5
+        assert torch.equal(sampler.class_labels[batch.params["classes"][e]], torch.arange(5))
+
+
+def test_shuffled_labels_are_not_fixed():
+    sampler = EpisodeSampler(_coded_images(classes=12), ways=5, shots=2, queries=1, device="cpu")
+    assert sampler.labels == "shuffled" and sampler.class_labels is None
+    seen = _labels_seen(sampler.sample(500))
+    assert all(labels == set(range(5)) for labels in seen.values())   # each class carries every label
+
+
+def test_fixed_labels_with_rotations_and_seed():
+    images = _coded_images(classes=6)
+    a = EpisodeSampler(images, ways=5, shots=1, rotations="per_class", labels="fixed", label_seed=1, device="cpu")
+    b = EpisodeSampler(images, ways=5, shots=1, rotations="per_class", labels="fixed", label_seed=1, device="cpu")
+    c = EpisodeSampler(images, ways=5, shots=1, rotations="as_classes", labels="fixed", label_seed=2, device="cpu")
+    assert torch.equal(a.class_labels, b.class_labels) and c.class_labels.shape == (24,)
+    batch = a.sample(100)
+    assert torch.equal(a.class_labels[batch.params["classes"]], torch.arange(5).expand(100, 5))
+    assert "labels='fixed'" in repr(a)
+    with pytest.raises(ValueError, match="labels must be 'shuffled' or 'fixed', got 'sorted'"):
+        EpisodeSampler(images, ways=5, shots=1, labels="sorted", device="cpu")
