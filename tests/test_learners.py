@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from mlcourse.evaluation import evaluate
+from mlcourse.meta.anil import ANIL
+from mlcourse.meta.cavia import CAVIA, ContextConv4
 from mlcourse.meta.imaml import IMAML
 from mlcourse.meta.learner import GradientLearner, Learner, MetaGradient
 from mlcourse.meta.maml import MAML
+from mlcourse.meta.mamlpp import MAMLPlusPlus
 from mlcourse.meta.metasgd import MetaSGD
 from mlcourse.meta.reptile import Reptile
 from mlcourse.nets import MLP, Conv4
@@ -29,6 +32,8 @@ def sinusoid_learners():
         "Reptile (Adam, minibatches)": Reptile(MLP((1, 8, 8, 1)), "mse", inner_lr=0.01, inner_steps=3, inner_batch=2,
                                                inner_optimizer="adam"),
         "iMAML": IMAML(MLP((1, 8, 8, 1)), "mse", lam=2.0, inner_lr=0.05, inner_steps=10, on_cg_failure="ignore"),
+        "ANIL": ANIL(MLP((1, 8, 8, 1)), "mse", inner_lr=0.05, inner_steps=2),
+        "MAML++ (MSL, LSLR)": MAMLPlusPlus(MLP((1, 8, 8, 1)), "mse", inner_lr=0.05, inner_steps=2, per_step_bn=False),
     }
 
 
@@ -68,7 +73,10 @@ def test_the_contract_on_sinusoids(name):
     lambda: MetaSGD(Conv4(3, channels=4), "cross_entropy", inner_lr=0.4, inner_steps=1),
     lambda: Reptile(Conv4(3, channels=4), "cross_entropy", inner_lr=0.01, inner_steps=2, inner_optimizer="adam"),
     lambda: IMAML(Conv4(3, channels=4), "cross_entropy", inner_steps=3, on_cg_failure="ignore"),
-], ids=["MAML", "Meta-SGD", "Reptile", "iMAML"])
+    lambda: CAVIA(ContextConv4(3, context=4, channels=4), "cross_entropy", inner_lr=1.0, inner_steps=2),
+    lambda: ANIL(Conv4(3, channels=4), "cross_entropy", inner_lr=0.4, inner_steps=2),
+    lambda: MAMLPlusPlus(Conv4(3, channels=4), "cross_entropy", inner_lr=0.4, inner_steps=2),
+], ids=["MAML", "Meta-SGD", "Reptile", "iMAML", "CAVIA", "ANIL", "MAML++"])
 def test_the_contract_on_episodes_and_one_evaluation_for_all(make):
     torch.manual_seed(0)
     learner = make()
