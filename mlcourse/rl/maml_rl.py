@@ -50,7 +50,7 @@ import torch
 from torch.func import grad, vmap
 
 from ..checks import check_count, check_positive
-from ..meta.learner import Learner, MetaGradient
+from ..meta.learner import Learner, MetaGradient, apply_gradients
 from ..nets import Params, forward, init_params
 from .policy import GaussianPolicy, gaussian_kl, gaussian_log_prob
 from .returns import advantages, check_factor
@@ -103,6 +103,17 @@ class MetaBatch:
         n = slice(0, trajectories)
         cut = lambda t: Trajectories(t.obs[:, n], t.actions[:, n], t.rewards[:, n], t.mask[:, n])  # noqa: E731
         return MetaBatch(self.tasks, cut(self.inner), self.inner_adv[:, n], cut(self.outer), self.outer_adv[:, n])
+
+    def __getitem__(self, index) -> "MetaBatch":
+        """The tasks ``index`` (a slice or index tensor) of the batch: a process's share of it."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return MetaBatch(self.tasks[index], self.inner[index], self.inner_adv[index], self.outer[index],
+                         self.outer_adv[index])
+
+    @property
+    def num_tasks(self) -> int:
+        return self.tasks.shape[0]
 
 
 class MAMLRL(Learner):
@@ -246,14 +257,26 @@ class MAMLRL(Learner):
         curve = self.adaptation_curve(theta, tasks, steps=1 if steps is None else steps)
         return {"return": curve[:, -1]}
 
-    def step(self, theta: Params, optimizer, tasks: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+    def step(self, theta: Params, optimizer, tasks: torch.Tensor | MetaBatch,
+             generator=None) -> dict[str, torch.Tensor]:
         """One meta-update of θ (in place) with ``optimizer``: a :class:`TRPO` or a torch optimizer
-        (which then ascends the meta-policy-gradient). Returns the mean return of the trajectories
-        before adaptation (π_θ) and after (π_φi), and the step's diagnostics, as tensors."""
+        (which then ascends the meta-policy-gradient). ``tasks``: the tasks to sample trajectories
+        for, or trajectories already sampled (a :class:`MetaBatch`). Returns the mean return of the
+        trajectories before adaptation (π_θ) and after (π_φi), and the step's diagnostics, as tensors.
+
+        Under ``torch.distributed`` each process passes its share of the tasks; the update is the
+        one of a single process holding all of them (TRPO reduces its quantities across processes,
+        a torch optimizer gets the averaged meta-gradient)."""
+        from .. import distributed
+
         if not isinstance(optimizer, (TRPO, torch.optim.Optimizer)):
             raise TypeError(f"optimizer must be a TRPO or a torch.optim.Optimizer, got {type(optimizer).__name__}.")
-        batch, phi = self.sample(theta, tasks, generator, keep_graph=True)
-        metrics = {"return_before": batch.inner.returns.mean(), "return_after": batch.outer.returns.mean()}
+        if isinstance(tasks, MetaBatch):
+            batch, phi = tasks, None
+        else:
+            batch, phi = self.sample(theta, tasks, generator, keep_graph=True)
+        metrics = distributed.average({"return_before": batch.inner.returns.mean(),
+                                       "return_after": batch.outer.returns.mean()})
         if isinstance(optimizer, TRPO):
             old = []
 
@@ -271,9 +294,9 @@ class MAMLRL(Learner):
                 fisher_kl = lambda: self.objective(theta, small)[1].mean()  # noqa: E731
             metrics.update(optimizer.step(theta, objective, fisher_kl))
         else:
-            optimizer.zero_grad(set_to_none=True)
             surrogate, _, _ = self.objective(theta, batch, None, phi)
-            (-surrogate.mean()).backward()  # ascend V
+            grads = torch.autograd.grad(-surrogate.mean(), list(theta.values()))  # ascend V
+            apply_gradients(theta, distributed.average(dict(zip(theta, grads))))
             optimizer.step()
         return metrics
 
