@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import train
+from .. import distributed, train
 from ..evaluation import evaluate
 from ..graphs import fast_step
 from ..meta.maml import MAML
@@ -70,10 +70,11 @@ def train_sinusoid(method: str, settings: SinusoidSettings, device, seed: int = 
             return {"loss": loss.detach()}
     else:
         def step():
-            return learner.step(theta, optimizer, family.sample(s.tasks, s.shots, device=device))
+            return learner.step(theta, optimizer, family.sample(distributed.share(s.tasks), s.shots, device=device))
     run = fast_step(step, torch.device(device))
     history = train.fit(lambda it: run(), s.iterations, log_every=max(1, s.iterations // 50), progress=progress,
-                        desc=f"{method} on sinusoids", hint=learner.divergence_hint())
+                        desc=f"{method} on sinusoids", hint=learner.divergence_hint(),
+                        state={"theta": theta, "optimizer": optimizer})
     return learner, theta, history
 
 
@@ -162,10 +163,11 @@ def train_omniglot_maml(settings: OmniglotSettings, device, sampler=None, seed: 
     learner = omniglot_learner(s)
     theta = learner.init_params(device)
     optimizer = torch.optim.Adam(theta.values(), lr=s.outer_lr, capturable=torch.device(device).type == "cuda")
-    run = fast_step(lambda: learner.step(theta, optimizer, sampler.sample(s.tasks)), torch.device(device), use_graph)
+    run = fast_step(lambda: learner.step(theta, optimizer, sampler.sample(distributed.share(s.tasks))),
+                    torch.device(device), use_graph)
     history = train.fit(lambda it: run(), s.iterations, log_every=max(1, min(100, s.iterations // 20)),
                         progress=progress, desc=f"{'FO-' if s.first_order else ''}MAML {s.shots}-shot Omniglot",
-                        hint=learner.divergence_hint())
+                        hint=learner.divergence_hint(), state={"theta": theta, "optimizer": optimizer})
     return learner, theta, history
 
 
