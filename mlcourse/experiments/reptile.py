@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import train
+from .. import distributed, train
 from ..evaluation import evaluate
+from ..graphs import GraphedStep, NoUpdate
 from ..meta.reptile import Reptile
 from ..nets import Conv4
 from ..settings import Settings
@@ -63,13 +64,19 @@ def train_omniglot_reptile(settings: ReptileOmniglotSettings, device, seed: int 
     optimizer = torch.optim.SGD(theta.values(), lr=s.outer_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1 - it / s.iterations)
 
+    # The meta-gradient in a CUDA graph on a GPU; SGD under the annealing schedule steps eagerly after it.
+    meta_gradient = GraphedStep(lambda: learner.step(theta, NoUpdate(), sampler.sample(distributed.share(s.tasks))),
+                                torch.device(device))
+
     def step(it):
-        metrics = learner.step(theta, optimizer, sampler.sample(s.tasks))
+        metrics = meta_gradient()
+        optimizer.step()
         schedule.step()
         return metrics
 
     history = train.fit(step, s.iterations, log_every=max(1, min(100, s.iterations // 20)), progress=progress,
-                        desc=f"Reptile {s.shots}-shot Omniglot")
+                        desc=f"Reptile {s.shots}-shot Omniglot",
+                        state={"theta": theta, "optimizer": optimizer, "schedule": schedule})
     return learner, theta, history
 
 
