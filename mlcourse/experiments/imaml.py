@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import train
+from .. import distributed, train
 from ..evaluation import evaluate
 from ..meta.imaml import IMAML
 from ..nets import MLP, Conv4
@@ -78,10 +78,11 @@ def train_sinusoid(settings: SinusoidSettings, device, seed: int = 0, progress: 
     learner = IMAML(MLP(), "mse", lam=s.lam, inner_lr=s.inner_lr, inner_steps=s.inner_steps, cg_steps=s.cg_steps,
                     damping=s.damping, on_cg_failure="ignore")
     theta = learner.init_params(device)
-    optimizer = torch.optim.Adam(theta.values(), lr=s.outer_lr)
-    history = train.fit(lambda it: learner.step(theta, optimizer, family.sample(s.tasks, s.shots, device=device)),
+    optimizer = torch.optim.Adam(theta.values(), lr=s.outer_lr, capturable=torch.device(device).type == "cuda")
+    history = train.fit(lambda it: learner.step(theta, optimizer, family.sample(distributed.share(s.tasks), s.shots,
+                                                                                 device=device)),
                         s.iterations, log_every=max(1, s.iterations // 50), progress=progress,
-                        desc="iMAML on sinusoids")
+                        desc="iMAML on sinusoids", state={"theta": theta, "optimizer": optimizer}, graph=True)
     return learner, theta, history
 
 
@@ -99,10 +100,11 @@ def train_omniglot(settings: OmniglotSettings, device, sampler=None, seed: int =
     sampler = sampler or omniglot_samplers(s.ways, s.shots, s.queries, device, rotations=s.rotations)[0]
     learner = omniglot_learner(s)
     theta = learner.init_params(device)
-    optimizer = torch.optim.Adam(theta.values(), lr=s.outer_lr)
-    history = train.fit(lambda it: learner.step(theta, optimizer, sampler.sample(s.tasks)), s.iterations,
-                        log_every=max(1, min(100, s.iterations // 20)), progress=progress,
-                        desc=f"iMAML {s.shots}-shot Omniglot")
+    optimizer = torch.optim.Adam(theta.values(), lr=s.outer_lr, capturable=torch.device(device).type == "cuda")
+    history = train.fit(lambda it: learner.step(theta, optimizer, sampler.sample(distributed.share(s.tasks))),
+                        s.iterations, log_every=max(1, min(100, s.iterations // 20)), progress=progress,
+                        desc=f"iMAML {s.shots}-shot Omniglot", state={"theta": theta, "optimizer": optimizer},
+                        graph=True)
     return learner, theta, history
 
 
