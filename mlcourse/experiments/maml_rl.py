@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..settings import Settings
 from ..stats import mean_ci95
 from ..train import fit
@@ -75,23 +76,27 @@ def make_learner(env, settings: NavigationSettings, inner_steps: int = 1):
     return learner, TRPO(max_kl=s.max_kl, fisher_fraction=s.fisher_fraction)
 
 
-def train(env, settings: NavigationSettings, inner_steps: int = 1, progress: bool = False, desc: str = "MAML-TRPO"):
-    """Meta-train θ with MAML-TRPO (inner_steps=0: multi-task TRPO, the pretrained baseline)."""
+def train(env, settings: NavigationSettings, inner_steps: int = 1, progress: bool = False, desc: str = "MAML-TRPO",
+          graph: bool = False):
+    """Meta-train θ with MAML-TRPO (inner_steps=0: multi-task TRPO, the pretrained baseline);
+    ``graph``: replay each meta-iteration as a CUDA graph on a GPU (environments written in torch)."""
     learner, trpo = make_learner(env, settings, inner_steps)
     theta = learner.init_params()
-    history = fit(lambda it: learner.step(theta, trpo, env.sample_tasks(settings.tasks)),
-                  settings.iterations, log_every=max(1, settings.iterations // 20), progress=progress, desc=desc)
+    state = {"theta": theta, "env": env} if hasattr(env, "state_dict") else {"theta": theta}
+    history = fit(lambda it: learner.step(theta, trpo, env.sample_tasks(distributed.share(settings.tasks))),
+                  settings.iterations, log_every=max(1, settings.iterations // 20), progress=progress, desc=desc,
+                  state=state, graph=graph)
     return learner, theta, history
 
 
-def _run(env, settings: NavigationSettings, paper_after: float, baselines: bool) -> dict:
-    learner, theta, history = train(env, settings)
+def _run(env, settings: NavigationSettings, paper_after: float, baselines: bool, graph: bool = False) -> dict:
+    learner, theta, history = train(env, settings, graph=graph)
     eval_goals = env.sample_tasks(settings.eval_tasks)
     curve = learner.adaptation_curve(theta, eval_goals, steps=1)
     metrics = {"return_after_1_step": _metric(curve[:, 1], paper_after),
                "return_before_adaptation": _metric(curve[:, 0])}
     if baselines:
-        _, pretrained, _ = train(env, settings, inner_steps=0)
+        _, pretrained, _ = train(env, settings, inner_steps=0, graph=graph)
         random_init = learner.init_params()
         metrics["pretrained_after_1_step"] = _metric(learner.adaptation_curve(pretrained, eval_goals, steps=1)[:, 1])
         metrics["random_init_after_1_step"] = _metric(learner.adaptation_curve(random_init, eval_goals, steps=1)[:, 1])
@@ -107,7 +112,7 @@ def navigation(settings: NavigationSettings, device) -> dict:
     from ..rl.navigation import Navigation2D
 
     env = Navigation2D(horizon=settings.horizon, device=device)
-    result = _run(env, settings, paper_after=-20.3, baselines=True)
+    result = _run(env, settings, paper_after=-20.3, baselines=True, graph=True)
     result["notes"] = ("Evaluation on new goals, 20 trajectories each, one step α = 0.1; 95% interval over tasks. "
                        "Baselines: multi-task TRPO on the same task distribution (pretrained) and the random "
                        "initialisation, each adapted with the same step. Paper value: the MAML re-run of "
