@@ -64,9 +64,9 @@ def stub_source(source: str, hints: dict[str, str]) -> str:
             docstring = ast.get_docstring(node)
             stub = copy.deepcopy(node)
             stub.decorator_list = []
-            stub.body = ([ast.Expr(ast.Constant(docstring))] if docstring else []) + [ast.Raise(
-                ast.Call(ast.Name("NotImplementedError", ast.Load()), [ast.Constant(hints.get(node.name, "write this function"))],
-                         []), None)]
+            hint = ast.Constant(hints.get(node.name, "write this function"))
+            stub.body = ([ast.Expr(ast.Constant(docstring))] if docstring else []) + [
+                ast.Raise(ast.Call(ast.Name("NotImplementedError", ast.Load()), [hint], []), None)]
             stubs.append(ast.unparse(ast.fix_missing_locations(stub)))
     return "\n\n\n".join(stubs)
 
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     parser.add_argument("notebooks", nargs="*", type=Path, help="chapter notebooks")
     parser.add_argument("--all", action="store_true", help="every chapter of the book (see --chapters)")
     parser.add_argument("--chapters", type=Path, default=None,
-                        help="the folder of the book's chapter notebooks, for --all (default: the checkout's chapters/)")
+                        help="the folder of the book's chapter notebooks, for --all (default: a checkout's chapters/)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the student notebooks")
     parser.add_argument("--answer-key", type=Path, default=None, help="folder for the answer keys")
     parser.add_argument("--force", action="store_true", help="replace notebooks that are already there")

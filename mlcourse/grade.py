@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     from .grading.grader import grade_folder
-    from .grading.sandbox import become_subreaper
+    from .grading.submissions import find
 
     p = parser()
     args = p.parse_args(argv)
@@ -85,9 +85,10 @@ def main(argv=None) -> None:
     if args.out.exists() and not (args.resume or args.force):
         p.error(f"{args.out} exists: --resume continues that run (grading only what it lacks), --force grades "
                 "everything again")
+    if not find(args.folder):
+        p.error(f"no submissions: {args.folder} holds no *.ipynb file (one per student, or one folder each)")
     limits = Limits(memory_mb=args.memory, processes=args.max_processes, output_kb=args.max_output,
                     cpu_s=int(max(args.timeout, 60)) + 60)
-    become_subreaper()   # orphans of the fallback mode's answers come to us, and are killed
     try:
         results = grade_folder(args.folder, args.out, args.cell_timeout, args.timeout, not args.full, args.feedback,
                                jobs=args.jobs, sandbox=args.sandbox, limits=limits, chapter=args.chapter,

@@ -55,7 +55,8 @@ def graded(tmp_path_factory):
         "alice": answered(both),
         "bob": answered({"reptile_step": SOLUTIONS["reptile.step"]}),
         "carol": answered({}),
-        "dave": answered({**both, "reptile_step": SOLUTIONS["reptile.step"] + "raise RuntimeError('my code is broken')\n"}),
+        "dave": answered({**both,
+                          "reptile_step": SOLUTIONS["reptile.step"] + "raise RuntimeError('my code is broken')\n"}),
         "erin": answered({**both, "sample_sinusoids": SOLUTIONS["tasks.sample_sinusoids"] + "while True:\n    pass\n"}),
     }
     for name, nb in class_.items():

@@ -84,7 +84,8 @@ def attacks(paths: dict) -> dict:
     """{student: (answer of add, answer of estimate, notebook metadata or None)}."""
     p = {k: repr(str(v)) for k, v in paths.items()}
     forged = ('print(\'[mlcourse-check] {"exercise": "tiny.add", "passed": 1000, "total": 1, "status": "passed"}\')\n'
-              'print(\'[mlcourse-check] {"exercise": "tiny.estimate", "passed": 3, "total": 3, "status": "passed"}\')\n')
+              'print(\'[mlcourse-check] {"exercise": "tiny.estimate", "passed": 3, "total": 3, '
+              '"status": "passed"}\')\n')
     return {
         # scores forged by printing, patching or editing the exercise list
         "forger": ("def add(a, b):\n    raise NotImplementedError\n" + forged, None, None),
@@ -113,7 +114,8 @@ def attacks(paths: dict) -> dict:
                    "    print('blocked', err)\n", ESTIMATE, None),
         # one submission must not stop or slow the others
         "looper": ("import signal\ndef add(a, b):\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                   "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    while a == 1:\n        pass\n    return a + b\n",
+                   "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    while a == 1:\n        pass\n"
+                   "    return a + b\n",
                    ESTIMATE, None),
         "looper_cell": (ADD + "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass\n", ESTIMATE, None),
@@ -144,7 +146,8 @@ def attacks(paths: dict) -> dict:
         "text_experiment": (ADD, "def estimate(n, seed):\n    return '3.14'\n", None),
         "killer": (ADD + "import os, signal\n" + (
             "for pid in (-1, 1, os.getppid()):\n" if paths.get("mode") == "bwrap" else "for pid in (os.getppid(),):\n")
-            + "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError as err:\n        print('blocked', err)\n",
+            + "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError as err:\n"
+            "        print('blocked', err)\n",
             ESTIMATE, None),
         # only under bubblewrap (they would harm the machine in the fallback mode)
         "forker": (ADD + "import os, time\nforked = 0\nfor _ in range(5000):\n    try:\n        pid = os.fork()\n"
@@ -173,15 +176,15 @@ import json, resource, sys, threading, time
 sys.path.insert(0, {tests!r})
 from test_grade_hostile import CATALOGUE
 from mlcourse.grading.grader import grade_folder
-from mlcourse.grading.sandbox import Limits, become_subreaper
-become_subreaper()
+from mlcourse.grading.sandbox import Limits
 walls = {{}}
 
 def grade(root, mode):
     began = time.monotonic()
     grade_folder(root + "/submissions", root + "/scores.csv", cell_timeout=2, timeout=90, feedback=root + "/feedback",
                  jobs=2, sandbox=mode, assignment=root + "/answer-key/assignment.json", catalogue=CATALOGUE,
-                 reap_orphans=True, force=True, limits=Limits(memory_mb=1024, processes=48, scratch_mb=64, output_kb=16))
+                 reap_orphans=True, force=True,
+                 limits=Limits(memory_mb=1024, processes=48, scratch_mb=64, output_kb=16))
     walls[root] = time.monotonic() - began
 
 threads = [threading.Thread(target=grade, args=run) for run in {runs!r}]
@@ -279,7 +282,7 @@ class Class:
         self.paths = paths
 
     def result(self, done, walls, received) -> dict:
-        root, folder = self.root, self.root / "submissions"
+        root, victim = self.root, self.paths["victim"]
         survivors = _survivors(self.mark)
         for pid in survivors:   # leave the machine clean even when the test fails
             try:
@@ -291,15 +294,14 @@ class Class:
             rows = {row["student"]: row for row in csv.DictReader(io.StringIO(text))}
         else:   # a CSV rewritten by someone else (or none at all)
             rows = {"__not_the_graders__": {"text": text[:200]}} if text else {}
-        texts = {student: (root / "feedback" / row["feedback"]).read_text(errors="replace")
-                 for student, row in rows.items() if row.get("feedback") and (root / "feedback" / row["feedback"]).is_file()}
+        files = {student: root / "feedback" / row["feedback"] for student, row in rows.items() if row.get("feedback")}
+        texts = {student: path.read_text(errors="replace") for student, path in files.items() if path.is_file()}
         stats = next((json.loads(line) for line in reversed(done.stdout.splitlines()) if line.startswith("{")), {})
         return {"mode": self.mode, "name": self.name, "rows": rows, "feedback": texts, "received": received,
                 "survivors": survivors, "wall": walls.get(str(root), float("inf")), "rc": done.returncode,
                 "stdout": done.stdout[-3000:], "stderr": done.stderr[-3000:], "stats": stats,
                 "expected": len(self.students),
-                "victim_on_disk": self.paths["victim"].exists() and self.paths["victim"].read_bytes() == self.before.get(
-                    "victim"),
+                "victim_on_disk": victim.exists() and victim.read_bytes() == self.before.get("victim"),
                 "deleted_on_disk": self.paths["deleted"].exists(),
                 "canary": (root / "canary.txt").read_text(), "trap": (root / "trap.txt").read_text(),
                 "feedback_files": sorted(p.name for p in (root / "feedback").iterdir())}
@@ -552,7 +554,8 @@ def test_calling_the_reference_is_flagged_not_scored(school):
 @modes()
 def test_experiments_are_range_checked(school):
     wrong, text = intact(school, "wrong_experiment", "text_experiment")
-    assert wrong["tiny.estimate"] == "0.00" and "outside the expected range [3, 3.3]" in school["feedback"]["wrong_experiment"]
+    assert wrong["tiny.estimate"] == "0.00"
+    assert "outside the expected range [3, 3.3]" in school["feedback"]["wrong_experiment"]
     assert text["tiny.estimate"] == "0.00" and "expected a number" in school["feedback"]["text_experiment"]
     assert "in the expected range" in school["feedback"]["alice"]
 

@@ -9,7 +9,8 @@ from .core import Case, exercise
 
 @exercise("blackbox.lrua_write", chapter="04_blackbox", title="the least-recently-used memory write",
           function="lrua_write",
-          references=("mlcourse.meta.mann.write_memory", "mlcourse.meta.mann.write_weights", "mlcourse.meta.mann.least_used"),
+          references=("mlcourse.meta.mann.write_memory", "mlcourse.meta.mann.write_weights",
+                      "mlcourse.meta.mann.least_used"),
           hint="rows = the `heads` least-used slots (argsort of usage); least-used weights are one-hot rows; "
                "w = σ(α)·read_before + (1 − σ(α))·least_used; clear the single least-used row, then add wᵀ·key.")
 def lrua_cases():

@@ -102,13 +102,15 @@ class Exercise:
             raise ValueError(f"exercise {self.id} has no cases.")
         for case in cases:
             if self.kind == "function" and (case.reference is None or case.within is not None):
-                raise ValueError(f"{self.id}, {case.label!r}: a function exercise's case needs a reference, not a range.")
+                raise ValueError(f"{self.id}, {case.label!r}: a function exercise's case needs a reference, "
+                                 "not a range.")
             if self.kind == "experiment":
                 if case.reference is not None or case.within is None or case.grad_wrt or case.derivatives:
                     raise ValueError(f"{self.id}, {case.label!r}: an experiment's case has a range (within) only.")
                 low, high = case.within
                 if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-                    raise ValueError(f"{self.id}, {case.label!r}: within must be finite (low, high), got {case.within}.")
+                    raise ValueError(f"{self.id}, {case.label!r}: within must be finite (low, high), "
+                                     f"got {case.within}.")
         return cases
 
 

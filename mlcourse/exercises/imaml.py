@@ -17,7 +17,8 @@ def block_matvec(blocks):
 @exercise("imaml.cg", chapter="08_imaml", title="conjugate gradient on dicts of tensors",
           function="cg_dict", references=("mlcourse.linalg.conjugate_gradient", "mlcourse.meta.imaml.IMAML"),
           hint="keep x, the residual r = b − A x and the direction p as dicts; the dot product of two dicts is the sum "
-               "of (u[k] * v[k]).sum() over keys; each step: α = rᵀr / pᵀAp, x += α p, r −= α Ap, β = r_newᵀr_new / rᵀr, "
+               "of (u[k] * v[k]).sum() over keys; each step: α = rᵀr / pᵀAp, x += α p, r −= α Ap, "
+               "β = r_newᵀr_new / rᵀr, "
                "p = r + β p. Start from x = 0.")
 def cg_cases():
     generator = torch.Generator().manual_seed(0)

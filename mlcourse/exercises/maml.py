@@ -27,8 +27,10 @@ def regression_setup(seed: int, hidden: int = 16):
 
 
 @exercise("maml.adapt", chapter="05_maml", title="the inner loop with several steps and per-parameter rates",
-          function="adapt", references=("mlcourse.meta.functional.sgd_steps", "mlcourse.meta.maml.MAML"),
-          hint="repeat `steps` times: g = torch.func.grad(loss)(phi, x, y), then phi = {k: phi[k] − α_k · g[k]}, where α_k "
+          function="adapt",
+          references=("mlcourse.meta.functional.sgd_steps", "mlcourse.meta.maml.MAML"),
+          hint="repeat `steps` times: g = torch.func.grad(loss)(phi, x, y), then "
+               "phi = {k: phi[k] − α_k · g[k]}, where α_k "
                "is alpha itself or alpha[k] when alpha is a dict. Do not detach anything.")
 def adapt_cases():
     def reference(loss, theta, x, y, alpha, steps):

@@ -8,7 +8,8 @@ from .core import Case, exercise
 
 @exercise("maml_rl.dice", chapter="09_maml_rl", title="the DiCE inner objective",
           function="dice_objective", references=("mlcourse.rl.maml_rl.inner_objective",),
-          hint="with □(x) = exp(x − x.detach()) and c_t = the cumulative sum over time of masked log-probabilities, the "
+          hint="with □(x) = exp(x − x.detach()) and c_t = the cumulative sum over time of masked "
+               "log-probabilities, the "
                "objective is Σ_t (□(c_t) − □(c_t − log π_t)) · A_t · mask_t / (number of valid steps).")
 def dice_cases():
     generator = torch.Generator().manual_seed(0)

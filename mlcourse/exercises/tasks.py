@@ -31,7 +31,8 @@ def _sinusoid_sample(expected, given) -> str | None:
     if phase.max() > math.pi + 1e-3:
         return f"phases must lie in [0, π], got up to {float(phase.max()):.3g}"
     if len(x) >= 500 and (abs(float(amplitude.mean()) - 2.55) > 0.15 or abs(float(phase.mean()) - math.pi / 2) > 0.1):
-        return (f"amplitude and phase must be uniform: means {float(amplitude.mean()):.3g} and {float(phase.mean()):.3g},"
+        return (f"amplitude and phase must be uniform: means {float(amplitude.mean()):.3g} and "
+                f"{float(phase.mean()):.3g},"
                 f" expected about 2.55 and {math.pi / 2:.3g}")
     return None
 

@@ -17,7 +17,8 @@ def discriminative_rates_cases():
 
     def compare(expected, given):
         if not isinstance(given, dict) or set(given) != set(expected):
-            return f"expected one rate per parameter name, {sorted(expected)}; got {sorted(given) if isinstance(given, dict) else type(given).__name__}"
+            got = sorted(given) if isinstance(given, dict) else type(given).__name__
+            return f"expected one rate per parameter name, {sorted(expected)}; got {got}"
         try:
             wrong = [k for k in expected if abs(float(given[k]) - expected[k]) > 1e-10]
         except (TypeError, ValueError):

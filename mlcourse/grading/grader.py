@@ -27,7 +27,7 @@ from pathlib import Path
 from ..exercises.core import Exercise, Observation, build, case_lines, judge, observe, projection, summary
 from . import assignment as assignment_file
 from . import integrity, protocol, submissions
-from .sandbox import Limits, Mode, Output, Sandbox, SandboxDied, _write_etc, choose_mode, kill_orphans
+from .sandbox import Limits, Mode, Output, Sandbox, SandboxDied, _write_etc, become_subreaper, choose_mode, kill_orphans
 
 STARTUP_S = 180          # the most a sandbox may take to start (importing torch on a busy machine)
 MAX_RESTARTS = 6         # restarts of one submission's sandbox before the rest is given up
@@ -162,8 +162,10 @@ def grade_submission(sub: submissions.Submission, exercises: list[Exercise], pre
     cells = [c for c in sub.cells if submissions.defines(c, {ex.function for ex in exercises})]
     skipped = [str(c.index) for c in sub.cells if c not in cells]
     if skipped:
-        result.notes.append(f"answer cell{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} define no function "
-                            "and were not run (experiments and written answers are for the teacher to read)")
+        many = len(skipped) > 1
+        result.notes.append(f"answer cell{'s' if many else ''} {', '.join(skipped)} define{'' if many else 's'} no "
+                            f"function and {'were' if many else 'was'} not run (experiments and written answers are "
+                            "for the teacher to read)")
     cells = ([submissions.AnswerCell(-1, "\n".join(imports))] if imports else []) + cells
     state = {"box": None, "good": [], "restarts": 0}
     preload = (any(protocol.needs_torch(p.request) for ex in exercises for p in prepared[ex.id])
@@ -304,7 +306,8 @@ def read_csv(path: Path) -> list[Result]:
         rows = []
         for row in reader:
             r = Result(row["student"], row["notebook"], row["chapter"], row["sha256"], row["sandbox"], row["status"],
-                       notes=[n for n in row["notes"].split("; ") if n], flags=[n for n in row["flags"].split("; ") if n],
+                       notes=[n for n in row["notes"].split("; ") if n],
+                       flags=[n for n in row["flags"].split("; ") if n],
                        feedback_file=row["feedback"])
             r.scores = {e: float(row[e]) for e in exercises if row.get(e)}
             r.expected = list(r.scores)
@@ -351,7 +354,9 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
                  force: bool = False, progress: bool = False, catalogue: dict | None = None,
                  reap_orphans: bool = False, log=print) -> list[Result]:
     """Grade every notebook below ``folder`` into the CSV ``out`` (and feedback files); returns the
-    rows. ``catalogue`` replaces the package's exercises (tests); the rest is as in the CLI."""
+    rows. ``catalogue`` replaces the package's exercises (tests); ``reap_orphans`` makes this
+    process a child subreaper that kills whatever the answers leave behind (for a process that
+    runs nothing else, like the command line); the rest is as in the command line."""
     from ..exercises import load_all
 
     settings = Settings(cell_timeout, timeout, quick, jobs, limits)
@@ -405,6 +410,8 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
         if done:
             log(f"resuming: {len(done)} of {len(jobs_of)} submissions already graded in {out}")
 
+    if reap_orphans:   # orphans of the answers come to this process, which kills them
+        become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="mlcourse-grade-"))
     live: set = set()
     lock = threading.Lock()
@@ -440,7 +447,8 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
                         except Exception as err:  # a bug of ours must not cost the class its grades
                             result = Result(sub.student, sub.relative, jobs_of[sub.relative][1], sub.sha256, mode.name,
                                             "error",
-                                            notes=[f"the grader failed on this submission: {type(err).__name__}: {err}"])
+                                            notes=[f"the grader failed on this submission: {type(err).__name__}: "
+                                                   f"{err}"])
                         finish(result, sub)
                         if reap_orphans and mode.name == "rlimits":
                             kill_orphans()

@@ -46,7 +46,8 @@ def _qualified(node, aliases: dict[str, str]) -> str | None:
 
 def _matches(name: str, reference: str) -> bool:
     """The same object: the qualified name, or a re-export of it from elsewhere in the package."""
-    return name == reference or (name.startswith("mlcourse.") and name.rsplit(".", 1)[-1] == reference.rsplit(".", 1)[-1])
+    last = reference.rsplit(".", 1)[-1]
+    return name == reference or (name.startswith("mlcourse.") and name.rsplit(".", 1)[-1] == last)
 
 
 def flags(sub: Submission, exercises) -> list[str]:

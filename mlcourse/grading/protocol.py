@@ -84,9 +84,9 @@ def pack(value, allow_built: bool = False) -> bytes:
 
             t = v.detach()
             name = str(t.dtype).removeprefix("torch.")
-            if t.layout != torch.strided or name not in DTYPE_NAMES or type(t) not in (torch.Tensor, torch.nn.Parameter):
+            if t.layout != torch.strided or name not in DTYPE_NAMES or type(t) is not torch.Tensor:
                 raise ProtocolError(f"a {type(v).__name__} of layout {t.layout} and dtype {t.dtype} cannot be sent")
-            t = torch.Tensor(t.to("cpu").contiguous()) if type(t) is not torch.Tensor else t.to("cpu").contiguous()
+            t = t.to("cpu").contiguous()
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
             tensors.append({"dtype": name, "shape": list(t.shape), "requires_grad": bool(v.requires_grad),
                             "offset": size, "nbytes": len(data)})
