@@ -392,7 +392,7 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
         ids = (plan[name]["exercises"] if plan is not None else
                [e.id for e in catalogue.values() if e.chapter == name]) if name else []
         submissions.read(sub, set(plan[name]["answer_cells"]) if plan is not None and name else set())
-        jobs_of[sub.relative] = (sub, name, [catalogue[i] for i in ids])
+        jobs_of[sub.path] = (sub, name, [catalogue[i] for i in ids])   # (the real path: two may look alike)
 
     needed = {ex.id: ex for _, _, exs in jobs_of.values() for ex in exs}
     prepared = {i: prepare(ex) for i, ex in needed.items()}
@@ -400,12 +400,16 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
 
     done: dict[str, Result] = {}
     if resume and out.exists():
+        shown = {}
+        for path, job in jobs_of.items():
+            shown.setdefault(job[0].relative, []).append(path)
         for row in read_csv(out):
-            match = jobs_of.get(row.notebook)
+            paths = shown.get(row.notebook, [])
+            match = jobs_of[paths[0]] if len(paths) == 1 else None
             if match and match[0].sha256 == row.sha256 and row.status not in ("error",) and \
                     all(e.id in row.scores for e in match[2]):
                 row.expected = [e.id for e in match[2]]
-                done[row.notebook] = row
+                done[paths[0]] = row
                 columns += [e for e in row.scores if e not in columns]
         if done:
             log(f"resuming: {len(done)} of {len(jobs_of)} submissions already graded in {out}")
@@ -427,7 +431,7 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
                     Path(feedback).mkdir(parents=True, exist_ok=True)
                     result.feedback_file = feedback_name(os.fsencode(sub.path.relative_to(folder)))
                     assignment_file.write_atomically(Path(feedback) / result.feedback_file, feedback_text(result))
-                done[result.notebook] = result
+                done[sub.path] = result
                 ordered = [done[k] for k in jobs_of if k in done]
                 assignment_file.write_atomically(out, csv_text(ordered, columns))
 
@@ -445,7 +449,7 @@ def grade_folder(folder: Path, out: Path, cell_timeout: float = 300, timeout: fl
                         try:
                             result = future.result()
                         except Exception as err:  # a bug of ours must not cost the class its grades
-                            result = Result(sub.student, sub.relative, jobs_of[sub.relative][1], sub.sha256, mode.name,
+                            result = Result(sub.student, sub.relative, jobs_of[sub.path][1], sub.sha256, mode.name,
                                             "error",
                                             notes=[f"the grader failed on this submission: {type(err).__name__}: "
                                                    f"{err}"])

@@ -47,7 +47,7 @@ class Limits:
     """Caps on what one message may hold; the reader enforces them before allocating."""
 
     header_bytes: int = 4 << 20
-    payload_bytes: int = 256 << 20
+    payload_bytes: int = 64 << 20
     depth: int = 32
     nodes: int = 200_000
     string_chars: int = 100_000
