@@ -170,3 +170,80 @@ def test_test_time_lambda_zero_is_plain_gradient_descent():
     assert (proximal[:, 2:] - plain[:, 2:]).abs().max() > 1e-8  # the default keeps the training λ
     with pytest.raises(ValueError, match="must be a finite number >= 0, got -1.0"):
         imaml.adaptation_curve(theta, batch, 4, lam=-1.0)
+
+
+def test_monotone_solver_converges_where_a_fixed_step_diverges():
+    """Linear regression with curvature far above 2/step: fixed-step descent blows up, the monotone
+    solver reaches the closed-form solution and its objective never rises."""
+    d, lam = 3, 2.0
+    net = nn.Sequential(nn.Linear(d, 1, bias=False))
+    batch = _linear_tasks(d=d)
+    batch = TaskBatch(5 * batch.x_tr, 5 * batch.y_tr, batch.x_ts, batch.y_ts)   # curvature ~ 50 × (2/K)XᵀX
+    fixed = IMAML(net, "mse", lam=lam, inner_lr=0.5, inner_steps=60, on_cg_failure="ignore")
+    theta = fixed.init_params("cpu", F64)
+    phi_fixed, _ = fixed.solve_inner(theta, batch)
+    assert not torch.isfinite(phi_fixed["0.weight"]).all() or phi_fixed["0.weight"].abs().max() > 1e6
+    safe = IMAML(net, "mse", lam=lam, inner_lr=0.5, inner_steps=200, inner_solver="monotone", on_cg_failure="ignore")
+    phi, norms = safe.solve_inner(theta, batch)
+    w = theta["0.weight"].detach().T
+    for i in range(batch.num_tasks):
+        x, y = batch.x_tr[i], batch.y_tr[i]
+        a, c = 2 / len(x) * x.T @ x, 2 / len(x) * x.T @ y
+        torch.testing.assert_close(phi["0.weight"][i].T, torch.linalg.solve(a + lam * torch.eye(d, dtype=F64),
+                                                                            c + lam * w), rtol=1e-7, atol=1e-9)
+    assert norms.max() < 1e-6
+    # the objective along the monotone path never rises
+    loss = task_loss(net, "mse")
+    anchor = {k: v.detach() for k, v in theta.items()}
+
+    def objective(p, x, y):
+        return loss(p, x, y) + lam / 2 * sum((p[k] - anchor[k]).pow(2).sum() for k in p)
+
+    rate = torch.tensor(0.5, dtype=F64)
+    p, values = anchor, []
+    for _ in range(30):
+        p, rate = safe._inner_steps(anchor, batch.x_tr[0], batch.y_tr[0], p, rate, 1, lam)
+        values.append(float(objective(p, batch.x_tr[0], batch.y_tr[0])))
+    assert all(b <= a + 1e-12 for a, b in zip(values, values[1:]))
+
+
+def test_the_meta_gradient_depends_on_the_solution_not_on_the_solver():
+    """Two solvers, two paths, one solution: the same implicit meta-gradient (a smooth network)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1))
+    batch = SinusoidFamily().sample(3, 8, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(3))
+    gd = IMAML(net, "mse", lam=2.0, inner_lr=0.02, inner_steps=3000, cg_steps=60, cg_tolerance=1e-6)
+    monotone = IMAML(net, "mse", lam=2.0, inner_lr=0.02, inner_steps=600, cg_steps=60, cg_tolerance=1e-6,
+                     inner_solver="monotone")
+    theta = gd.init_params("cpu", F64)
+    (a, info_a), (b, info_b) = gd.meta_gradient(theta, batch), monotone.meta_gradient(theta, batch)
+    assert info_a["inner_grad_norm"].max() < 1e-6 and info_b["inner_grad_norm"].max() < 1e-6
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", ["gd", "monotone"])
+def test_solvers_vectorised_equal_loop_and_curves_end_where_adapt_ends(solver):
+    net = MLP((1, 8, 1))
+    batch = SinusoidFamily().sample(4, 10, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(6))
+    out = []
+    for execution in ("vmap", "loop"):
+        imaml = IMAML(net, "mse", lam=2.0, inner_lr=0.05, inner_steps=12, inner_solver=solver, execution=execution,
+                      on_cg_failure="ignore")
+        theta = imaml.init_params("cpu", F64)
+        phi = imaml.adapt(theta, batch)
+        curve = imaml.adaptation_curve(theta, batch, 12)
+        end = torch.stack([task_loss(net, "mse")({k: v[i] for k, v in phi.items()}, batch.x_ts[i], batch.y_ts[i])
+                           for i in range(4)])
+        torch.testing.assert_close(curve["loss"][:, -1], end)
+        torch.testing.assert_close(imaml.adapt(theta, batch, steps=12)["layers.0.weight"], phi["layers.0.weight"])
+        out.append((phi, curve["loss"], imaml.meta_gradient(theta, batch).grads))
+    for k in out[0][0]:
+        torch.testing.assert_close(out[0][0][k], out[1][0][k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out[0][2][k], out[1][2][k], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(out[0][1], out[1][1])
+
+
+def test_unknown_solver_is_an_error():
+    with pytest.raises(ValueError, match="inner_solver must be one of \\('gd', 'monotone'\\), got 'newton'"):
+        IMAML(MLP(), "mse", inner_solver="newton")

@@ -13,6 +13,15 @@ theorem) gives dφ_i/dθ = (I + H_i/λ)^{-1}, with H_i the Hessian of the traini
 
 which conjugate gradient solves with a few Hessian-vector products, never forming H_i. Nothing
 of the inner loop is kept: memory and the meta-gradient's cost are independent of the inner steps.
+
+Because the meta-gradient depends only on the solution, the inner solver can be anything that
+finds it. Two are offered: plain gradient descent with a fixed step (``inner_solver="gd"``,
+the paper's iMAML-GD), and gradient descent that never lets the objective rise
+(``inner_solver="monotone"``): each task keeps its own step size, a step that would increase
+L + λ/2‖φ − θ‖² (or make it non-finite) is refused and the step halved, an accepted one grows the
+step by a quarter. A fixed step diverges on a task whose curvature exceeds 2/step; the monotone
+solver cannot, and it takes larger steps where the curvature allows, for the same cost per step
+(one gradient, which also gives the objective's value).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import warnings
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import grad, grad_and_value, jvp
 
 from ..checks import check_count, check_positive
 from ..linalg import conjugate_gradient
@@ -29,6 +38,10 @@ from ..nets import Params
 from ..tasks import Task, TaskBatch
 from .functional import adaptation_curve, choose_execution, map_tasks, sgd_steps, task_metrics
 from .learner import GradientLearner, MetaGradient, NetworkLearner
+
+
+SOLVERS = ("gd", "monotone")
+GROW, SHRINK = 1.25, 0.5   # the monotone solver's step after an accepted and after a refused step
 
 
 class CGWarning(UserWarning):
@@ -50,13 +63,20 @@ class IMAML(NetworkLearner, GradientLearner):
         over the tasks of the batch falls below it (checked every ``check_every`` steps).
     test_steps, test_lam: the test-time adaptation (default: as in training; the authors' code
         evaluates with plain gradient steps, ``test_lam=0``).
+    inner_solver: "gd" (fixed step ``inner_lr``) or "monotone" (per-task steps starting at
+        ``inner_lr`` that never increase the objective; see the module docstring). Test-time
+        adaptation uses the same solver.
     """
 
     def __init__(self, net: nn.Module, loss: str = "cross_entropy", lam: float = 2.0, inner_lr: float = 0.1,
                  inner_steps: int = 16, cg_steps: int = 5, damping: float = 0.0, cg_tolerance: float = 0.1,
                  on_cg_failure: str = "warn", inner_tolerance: float | None = None, check_every: int = 5,
-                 test_steps: int | None = None, test_lam: float | None = None, execution: str = "auto"):
+                 test_steps: int | None = None, test_lam: float | None = None, inner_solver: str = "gd",
+                 execution: str = "auto"):
         super().__init__(net, loss, execution)
+        if inner_solver not in SOLVERS:
+            raise ValueError(f"inner_solver must be one of {SOLVERS}, got {inner_solver!r}.")
+        self.inner_solver = inner_solver
         self.lam = check_positive("lam (λ)", lam)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_count("inner_steps", inner_steps)
@@ -73,7 +93,8 @@ class IMAML(NetworkLearner, GradientLearner):
 
     def __repr__(self) -> str:
         return (f"IMAML(λ={self.lam}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
-                f"cg_steps={self.cg_steps}, damping={self.damping}, loss={self.loss_kind})")
+                f"inner_solver={self.inner_solver}, cg_steps={self.cg_steps}, damping={self.damping}, "
+                f"loss={self.loss_kind})")
 
     def _execution(self, batch: TaskBatch) -> str:
         return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
@@ -92,15 +113,14 @@ class IMAML(NetworkLearner, GradientLearner):
         anchor = {k: v.detach() for k, v in theta.items()}
         per_task = (batch.x_tr, batch.y_tr)
         phi = {k: v.expand(batch.num_tasks, *v.shape).clone() for k, v in anchor.items()}
-
-        def run(phi_i, anchor, x, y, steps):
-            return sgd_steps(self.loss, phi_i, x, y, self.inner_lr, steps, proximal=(anchor, self.lam))
+        rate = torch.full((batch.num_tasks,), self.inner_lr, device=batch.device, dtype=phi[next(iter(phi))].dtype)
 
         done = 0
         while done < self.inner_steps:
             chunk = self.inner_steps - done if self.inner_tolerance is None else min(self.check_every,
                                                                                      self.inner_steps - done)
-            phi = map_tasks(lambda a, x, y, p: run(p, a, x, y, chunk), execution, (anchor,), (*per_task, phi))
+            phi, rate = map_tasks(lambda a, x, y, p, r: self._inner_steps(a, x, y, p, r, chunk, self.lam),
+                                  execution, (anchor,), (*per_task, phi, rate))
             done += chunk
             if self.inner_tolerance is not None and done < self.inner_steps:
                 norms = map_tasks(lambda a, x, y, p: self._gradient_norm(a, p, x, y), execution, (anchor,),
@@ -109,6 +129,38 @@ class IMAML(NetworkLearner, GradientLearner):
                     break
         norms = map_tasks(lambda a, x, y, p: self._gradient_norm(a, p, x, y), execution, (anchor,), (*per_task, phi))
         return phi, norms
+
+    def _inner_steps(self, anchor, x, y, phi, rate, steps, lam, record=None):
+        """``steps`` steps of the inner solver on L(φ, (x, y)) + lam/2 ‖φ − anchor‖² for one task,
+        from φ with step size ``rate``: (φ, rate), and with ``record=(x_ts, y_ts)`` also the query
+        metrics after each step (stacked, [steps])."""
+        def objective(p):
+            value = self.loss(p, x, y)
+            if lam:
+                value = value + lam / 2 * sum((p[k] - anchor[k]).pow(2).sum() for k in p)
+            return value
+
+        points = []
+        if self.inner_solver == "gd":
+            for _ in range(steps):
+                phi = sgd_steps(self.loss, phi, x, y, rate, 1, proximal=(anchor, lam) if lam else None)
+                if record is not None:
+                    points.append(task_metrics(self.net, self.loss_kind, phi, *record))
+        else:
+            g, value = grad_and_value(objective)(phi)
+            for _ in range(steps):
+                candidate = {k: phi[k] - rate * g[k] for k in phi}
+                g_new, value_new = grad_and_value(objective)(candidate)
+                accept = torch.isfinite(value_new) & (value_new <= value)
+                phi = {k: torch.where(accept, candidate[k], phi[k]) for k in phi}
+                g = {k: torch.where(accept, g_new[k], g[k]) for k in g}
+                value = torch.where(accept, value_new, value)
+                rate = torch.where(accept, rate * GROW, rate * SHRINK)
+                if record is not None:
+                    points.append(task_metrics(self.net, self.loss_kind, phi, *record))
+        if record is None:
+            return phi, rate
+        return phi, rate, {k: torch.stack([p[k] for p in points]) for k in points[0]}
 
     # --- the implicit meta-gradient ---------------------------------------------------------------
     def _task_gradient(self, phi, x_tr, y_tr, x_ts, y_ts):
@@ -163,8 +215,10 @@ class IMAML(NetworkLearner, GradientLearner):
             self.check_batch(theta, batch)
             steps = check_count("steps", steps)
             anchor = {k: v.detach() for k, v in theta.items()}
-            phi = map_tasks(lambda a, x, y: sgd_steps(self.loss, a, x, y, self.inner_lr, steps, proximal=(a, self.lam)),
-                            self._execution(batch), (anchor,), (batch.x_tr, batch.y_tr))
+            rate = torch.full((batch.num_tasks,), self.inner_lr, device=batch.device,
+                              dtype=anchor[next(iter(anchor))].dtype)
+            phi, _ = map_tasks(lambda a, x, y, r: self._inner_steps(a, x, y, a, r, steps, self.lam),
+                               self._execution(batch), (anchor,), (batch.x_tr, batch.y_tr, rate))
         return {k: v[0] for k, v in phi.items()} if single else phi
 
     def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int, execution: str | None = None,
@@ -174,8 +228,23 @@ class IMAML(NetworkLearner, GradientLearner):
         test time (0 gives plain gradient steps, as the paper's authors evaluate)."""
         self.check_batch(theta, batch)
         lam = self.lam if lam is None else _check_nonnegative("lam (λ) at test time", lam)
-        return adaptation_curve(self.net, self.loss_kind, theta, batch, steps, self.inner_lr,
-                                execution or self.execution, lam=lam)
+        if self.inner_solver == "gd":
+            return adaptation_curve(self.net, self.loss_kind, theta, batch, steps, self.inner_lr,
+                                    execution or self.execution, lam=lam)
+        steps = check_count("steps", steps, minimum=0)
+        anchor = {k: v.detach() for k, v in theta.items()}
+        rate = torch.full((batch.num_tasks,), self.inner_lr, device=batch.device, dtype=anchor[next(iter(anchor))].dtype)
+
+        def curve(a, x_tr, y_tr, x_ts, y_ts, r):
+            start = task_metrics(self.net, self.loss_kind, a, x_ts, y_ts)
+            if steps == 0:
+                return {k: v.unsqueeze(0) for k, v in start.items()}
+            _, _, after = self._inner_steps(a, x_tr, y_tr, a, r, steps, lam, record=(x_ts, y_ts))
+            return {k: torch.cat([start[k].unsqueeze(0), after[k]]) for k in start}
+
+        execution = choose_execution(execution or self.execution, self.net, batch.device, batch.shots + batch.queries)
+        with torch.no_grad():
+            return map_tasks(curve, execution, (anchor,), (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts, rate))
 
     def evaluate(self, theta: Params, batch: TaskBatch, steps: int | None = None,
                  lam: float | None = None) -> dict[str, torch.Tensor]:
