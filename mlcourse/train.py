@@ -502,7 +502,8 @@ def fit(step: Callable[[int], dict], iterations: int, *, log_every: int = 100,
     sums: dict[str, torch.Tensor] = {}
     count = 0
     first_bad = None  # device tensor: first iteration with a non-finite metric, −1 if none
-    resumed = checkpoint is not None and Path(checkpoint).exists()
+    # Rank 0 decides (another process could look while rank 0 is still writing the file).
+    resumed = checkpoint is not None and distributed.from_main(Path(checkpoint).exists())
     if resumed and policy is not None and not policy.resume:
         raise CheckpointError(f"{checkpoint} exists: resume it (--resume) or start over (--restart).")
     if resumed:
