@@ -26,7 +26,7 @@ import re
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 # The longest chapters start first, so that two workers finish together; durations of the last run
@@ -114,24 +114,29 @@ def main(argv=None) -> int:
 
     began = time.perf_counter()
     failures = []
+    # At most `workers` notebooks in flight, so that nothing new starts after the first failure.
+    queue = list(order)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run, p, args.out, args.cwd, args.colab_install, args.timeout): p for p in order}
-        for future in as_completed(futures):
-            path = futures[future]
-            if future.cancelled():
-                continue
-            try:
-                durations[path.name] = round(future.result(), 1)
-                print(f"ran {path.name} in {durations[path.name]:.0f} s", flush=True)
-            except ChapterFailed as err:
-                failures.append(str(err))
-                print(f"FAILED {err}", flush=True)
-                for other in futures:  # the run fails at the first error: start nothing more
-                    other.cancel()
+        running = {}
+        while queue or running:
+            while queue and len(running) < workers and not failures:
+                path = queue.pop(0)
+                running[pool.submit(run, path, args.out, args.cwd, args.colab_install, args.timeout)] = path
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                path = running.pop(future)
+                try:
+                    durations[path.name] = round(future.result(), 1)
+                    print(f"ran {path.name} in {durations[path.name]:.0f} s", flush=True)
+                except ChapterFailed as err:
+                    failures.append(str(err))
+                    print(f"FAILED {err}", flush=True)
     record.write_text(json.dumps(durations, indent=1, sort_keys=True) + "\n")
     done = sum(p.name in durations and (args.out / p.name).exists() for p in order)
     print(f"{done} of {len(order)} notebooks ran in {time.perf_counter() - began:.0f} s with {workers} jobs"
-          + (", the others were not started after the first failure" if failures else ""), flush=True)
+          + (", the others were not started after the first failure" if queue else ""), flush=True)
     if failures:
         print(f"{len(failures)} failed:\n" + "\n".join(f.splitlines()[0] for f in failures), file=sys.stderr)
         return 1
