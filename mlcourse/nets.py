@@ -14,6 +14,7 @@ cannot see, and ``vmap`` over tasks would have to write it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -42,14 +43,52 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.layers(x)
 
+    def forward_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """f_{φ_i}(x_i) for every task i in one batched computation: each parameter carries a
+        leading task dimension ([tasks, out, in] weights, [tasks, out] biases) and x is
+        [tasks, examples, in]. Each linear layer is one batched matrix product, so the gradient
+        of the sum of the tasks' losses with respect to the stacked parameters holds every
+        task's own gradient, in plain autograd (no ``vmap``)."""
+        linear = [i for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
+        for j, i in enumerate(linear):
+            w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            if j < len(linear) - 1:
+                x = torch.relu(x)
+        return x
+
+
+def _under_vmap() -> bool:
+    """Whether ``torch.func.vmap`` is transforming the current computation."""
+    try:
+        stack = torch._C._functorch.get_interpreter_stack()
+        vmap = torch._C._functorch.TransformType.Vmap
+    except AttributeError:  # no such introspection in this torch: assume the worst
+        return True
+    return bool(stack) and any(level.key() == vmap for level in stack)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] stored channels-last (NHWC). For one channel both layouts hold the same
+    bytes and ``contiguous(memory_format=...)`` keeps the NCHW strides, which makes the next
+    convolution write NCHW again; the strides are set explicitly then."""
+    if x.shape[1] == 1:
+        x = x.contiguous()
+        return x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
 
 class BatchNorm(nn.Module):
     """Batch normalisation with the statistics of the current batch only (no running averages).
 
-    Written with plain tensor operations rather than ``F.batch_norm``: the fused kernel's
-    batching rule gives wrong second-order gradients under ``vmap`` (the MAML meta-gradient of a
+    Two implementations of the same function. Outside ``vmap`` it is torch's fused kernel
+    (``F.batch_norm``), whose first and second derivatives are exact there (the meta-gradient
+    of the per-task loop matches float64 finite differences). Under ``vmap`` that kernel's
+    batching rule gives wrong second-order gradients (the MAML meta-gradient of a
     batch-normalised network came out different from the per-task loop and from finite
-    differences; ``tests/test_maml.py`` checks it). The parameter names match ``nn.BatchNorm2d``.
+    differences), so there it is written with plain tensor operations. ``tests/test_nets.py`` and
+    ``tests/test_execution.py`` check both against each other and against finite differences.
+    The parameter names match ``nn.BatchNorm2d``.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -59,6 +98,13 @@ class BatchNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        # The fused kernel refuses one value per channel (a single 1×1 image); the formula gives β.
+        if _under_vmap() or x.numel() == x.shape[1]:
+            return self.primitive(x)
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+
+    def primitive(self, x):
+        """The same normalisation in plain tensor operations (what ``vmap`` batches correctly)."""
         dims = [0, *range(2, x.dim())]  # every dimension but the channels
         mean = x.mean(dims, keepdim=True)
         var = (x - mean).pow(2).mean(dims, keepdim=True)
@@ -71,6 +117,12 @@ class Conv4(nn.Module):
     and a linear layer to ``ways`` logits: the few-shot classifier of Vinyals et al. (2016) used by
     MAML on Omniglot. ``downsample="stride"`` replaces max-pooling by stride-2 convolutions, the
     variant of the MAML reference code for Omniglot.
+
+    Each block pools before its ReLU: max-pooling commutes with any non-decreasing function, so
+    relu(maxpool(h)) = maxpool(relu(h)) with the same gradients, and the ReLU (and its backward)
+    runs on a quarter of the values. On the CPU, float32 inputs outside ``vmap`` are run
+    channels-last (NHWC), the layout in which oneDNN's convolutions, batch norm and pooling skip
+    their layout conversions (``benchmarks/maml_vs_textbook.py`` measures what it buys).
     """
 
     def __init__(self, ways: int = 5, in_channels: int = 1, channels: int = 64, image_size: int = 28,
@@ -82,12 +134,13 @@ class Conv4(nn.Module):
         blocks, size, c_in = [], image_size, in_channels
         for _ in range(4):
             stride = 2 if downsample == "stride" else 1
-            block = [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1), BatchNorm(channels), nn.ReLU()]
+            block = [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1), BatchNorm(channels)]
             if downsample == "maxpool":
                 block.append(nn.MaxPool2d(2))
                 size //= 2
             else:
                 size = (size + 1) // 2
+            block.append(nn.ReLU())
             blocks.append(nn.Sequential(*block))
             c_in = channels
         if size < 1:
@@ -96,6 +149,8 @@ class Conv4(nn.Module):
         self.head = nn.Linear(channels * size * size, ways)
 
     def forward(self, x):
+        if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not _under_vmap():
+            x = channels_last(x)
         return self.head(self.features(x).flatten(1))
 
 
