@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from ..checks import check_count, check_positive
-from ..nets import Params, forward
+from ..nets import MLP, Params, forward
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 LearningRate = float | Params
@@ -92,6 +92,86 @@ def sgd_steps(loss: LossFn, params: Params, x, y, lr: LearningRate, steps: int,
     return params
 
 
+def has_task_batched_forward(net: nn.Module) -> bool:
+    """Whether ``net`` computes a whole batch of tasks with per-task parameters in plain autograd
+    (``net.forward_tasks``), and that forward is the one its ``forward`` computes per task."""
+    return isinstance(net, MLP) and type(net).forward is MLP.forward
+
+
+def batched_loss(net: nn.Module, kind: str, params: Params, x, y) -> dict[str, torch.Tensor]:
+    """Per-task metrics [tasks] of ``net`` with stacked per-task parameters on x [tasks, examples, ...]:
+    the same numbers as :func:`task_metrics` task by task, in one batched computation."""
+    out = net.forward_tasks(params, x)
+    if kind == "mse":
+        return {"loss": (out - y).pow(2).flatten(1).mean(1)}
+    loss = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+    return {"loss": loss, "accuracy": (out.argmax(-1) == y).float().mean(1)}
+
+
+def batched_sgd_steps(net: nn.Module, kind: str, params: Params, x, y, lr: LearningRate, steps: int,
+                      first_order: bool = False) -> Params:
+    """:func:`sgd_steps` for every task at once: ``params`` carry a leading task dimension (θ
+    expanded to [tasks, ...] at the start), x and y are [tasks, examples, ...].
+
+    Each task's loss depends only on its own slice of the stacked parameters, so the gradient of
+    the sum of the tasks' losses with respect to them is every task's own gradient. Plain autograd
+    with ``create_graph=True`` keeps the steps differentiable (second order) with respect to θ
+    and α; ``first_order=True`` holds each step's gradient constant, as :func:`sgd_steps` does.
+    """
+    for _ in range(steps):
+        if first_order:
+            point = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+        else:
+            point = params
+        total = batched_loss(net, kind, point, x, y)["loss"].sum()
+        g = torch.autograd.grad(total, list(point.values()), create_graph=not first_order)
+        params = {k: p - lr_for(lr, k) * gk for (k, p), gk in zip(params.items(), g)}
+    return params
+
+
+def expand_tasks(params: Params, tasks: int) -> Params:
+    """θ viewed as ``tasks`` per-task copies [tasks, ...] (no copy is made; gradients flow back summed)."""
+    return {k: v.expand(tasks, *v.shape) for k, v in params.items()}
+
+
+def chain_mean_gradient(phi: Params, theta: Params, task_fn, execution: str, per_task: tuple):
+    """∇θ (1/n) Σ_i task_fn(φ_i, *task_i)["loss"] where the stacked φ (a dict of [tasks, ...] tensors)
+    was computed from θ with a graph, and the loss depends on θ only through φ_i.
+
+    By the chain rule the gradient is (1/n) Σ_i (∂φ_i/∂θ)ᵀ ∇φ L_i(φ_i). So the query pass needs
+    first derivatives only: v_i = ∇φ L_i at φ_i held constant, taken task by task (``"loop"``, each
+    graph freed at once; outside ``vmap`` the fused kernels are exact) or for all tasks at once
+    (``"vmap"``); then one backward pass through the adaptation's graph gives the rest. Returns
+    (gradients keyed like θ, per-task metrics [tasks] detached).
+    """
+    names, leaves = list(theta), list(theta.values())
+    constant = {k: v.detach() for k, v in phi.items()}
+    if execution == "vmap":
+        def one(p, *task):
+            metrics = task_fn(p, *task)
+            return metrics["loss"], {k: v.detach() for k, v in metrics.items()}
+        v, metrics = vmap(grad(one, has_aux=True), in_dims=(0,) + (0,) * len(per_task))(constant, *per_task)
+        tasks = _task_count(per_task)
+        v = {k: g / tasks for k, g in v.items()}
+    else:
+        tasks = _task_count(per_task)
+        v = {k: torch.empty_like(p) for k, p in constant.items()}
+        rows = []
+        for i in range(tasks):
+            point = {k: p[i].detach().requires_grad_(True) for k, p in constant.items()}
+            metrics = task_fn(point, *(_index(t, i) for t in per_task))
+            for k, g in zip(point, torch.autograd.grad(metrics["loss"] / tasks, list(point.values()),
+                                                       allow_unused=True)):
+                v[k][i] = 0 if g is None else g
+            rows.append({k: m.detach() for k, m in metrics.items()})
+        metrics = _stack(rows)
+    outputs = [phi[k] for k in v if phi[k].requires_grad]
+    grads = torch.autograd.grad(outputs, leaves, [v[k] for k in v if phi[k].requires_grad],
+                                allow_unused=True) if outputs else [None] * len(leaves)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+    return dict(zip(names, grads)), metrics
+
+
 def mean_gradient(task_fn, theta: Params, execution: str, shared: tuple, per_task: tuple):
     """The gradient with respect to θ of the mean over tasks of ``task_fn(θ, *shared, *task_i)["loss"]``,
     and every task's metrics (detached, stacked to [tasks]).
@@ -125,23 +205,46 @@ def has_conv(net: nn.Module) -> bool:
 
 # Examples per task up to which vmap beats a loop for convolutional nets on the CPU.
 SMALL_CONV_TASK = 16
+EXECUTIONS = ("vmap", "loop", "batched")
 
 
-def choose_execution(execution: str, net: nn.Module, device: torch.device, examples_per_task: int | None = None) -> str:
-    """``"vmap"`` or ``"loop"`` for a batch of tasks on ``device``.
+def choose_execution(execution: str, net: nn.Module, device: torch.device, examples_per_task: int | None = None,
+                     batched: bool = False) -> str:
+    """How to run a batch of tasks on ``device``: ``"vmap"``, ``"loop"``, or ``"batched"``.
 
-    Both compute the same thing (the tests check it); the choice is speed. Measured with
-    ``benchmarks/maml_omniglot.py`` and ``benchmarks/finetune_vectorised.py``: vmap wins for the
-    MLP everywhere and for Conv4 on CUDA. On the CPU, vmap turns Conv4's per-task convolutions into
-    grouped convolutions: about 1.3x faster than a loop for tasks of 10 images (Python overhead
-    dominates), about 3x slower for tasks of 50 to 80 images. So "auto" loops over tasks only for
-    convolutional nets on the CPU with more than ``SMALL_CONV_TASK`` examples per task (or an unknown
-    number).
+    - ``"vmap"``: one ``torch.func.vmap`` over the task dimension.
+    - ``"loop"``: a Python loop over tasks (where gradients are taken, each task's graph is freed
+      as soon as its gradient is).
+    - ``"batched"``: the network's own task-batched forward in plain autograd
+      (:func:`has_task_batched_forward`: the MLP, one batched matrix product per layer). Only
+      where the caller has a batched form (``batched=True``: MAML's adaptation and
+      meta-gradient); elsewhere a request for it runs as ``"vmap"``, which computes the same.
+
+    All compute the same thing (the tests check it); the choice is speed, measured with
+    ``benchmarks/maml_vs_textbook.py``, ``benchmarks/maml_omniglot.py`` and
+    ``benchmarks/finetune_vectorised.py`` on the development machine's 2-core CPU:
+
+    - The MLP on the CPU: the batched form beats vmap, whose per-operation transform overhead
+      dominates such small tensors ("auto" picks "batched" where the caller offers it, else vmap).
+    - Conv4 on the CPU: vmap turns per-task convolutions into grouped convolutions, about 1.3x
+      faster than a loop for tasks of 10 images or fewer (Python overhead dominates) and about 3x
+      slower for tasks of 50 to 80 images. So "auto" loops only for convolutional nets with more
+      than ``SMALL_CONV_TASK`` examples per task (or an unknown number). MAML asks separately for
+      its adaptation (D^tr: 5 images in 5-way 1-shot, so vmap) and its query pass (75 images, so a
+      loop), see :func:`chain_mean_gradient`.
+    - CUDA: vmap (grouped convolutions are fast there); the batched MLP is not measured there yet.
     """
-    if execution not in ("auto", "vmap", "loop"):
-        raise ValueError(f"execution must be 'auto', 'vmap' or 'loop', got {execution!r}.")
+    if execution not in ("auto", *EXECUTIONS):
+        raise ValueError(f"execution must be 'auto', 'vmap', 'loop' or 'batched', got {execution!r}.")
+    if execution == "batched":
+        if not has_task_batched_forward(net):
+            raise ValueError(f"execution='batched' needs a network with a task-batched forward (MLP); "
+                             f"{type(net).__name__} has none: use 'vmap' or 'loop'.")
+        return "batched" if batched else "vmap"
     if execution != "auto":
         return execution
+    if device.type == "cpu" and has_task_batched_forward(net):
+        return "batched" if batched else "vmap"
     small = examples_per_task is not None and examples_per_task <= SMALL_CONV_TASK
     return "loop" if device.type == "cpu" and has_conv(net) and not small else "vmap"
 

@@ -25,8 +25,9 @@ from torch import nn
 from ..checks import check_count, check_positive
 from ..nets import Params
 from ..tasks import Task, TaskBatch
-from .functional import (LearningRate, adaptation_curve, check_rates, choose_execution, map_tasks, mean_gradient,
-                         sgd_steps, task_metrics)
+from .functional import (LearningRate, adaptation_curve, batched_loss, batched_sgd_steps, chain_mean_gradient,
+                         check_rates, choose_execution, expand_tasks, map_tasks, mean_gradient, sgd_steps,
+                         task_metrics)
 from .learner import GradientLearner, MetaGradient, NetworkLearner
 
 
@@ -96,10 +97,36 @@ class MAML(NetworkLearner, GradientLearner):
 
     def meta_gradient(self, theta: Params, batch: TaskBatch) -> MetaGradient:
         """∇θ of the meta-loss (second order unless first_order=True) and the per-task metrics."""
-        self.check_batch(self.split(theta)[0], batch)
-        grads, metrics = mean_gradient(self._task, theta, self._execution(batch), (),
-                                       (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
-        return MetaGradient(grads, metrics)
+        params, lr = self.split(theta)
+        self.check_batch(params, batch)
+        if type(self)._task is not MAML._task:  # a subclass with its own task term: the generic path
+            return MetaGradient(*mean_gradient(self._task, theta, self._execution(batch), (),
+                                               (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts)))
+        # How to run it is chosen per phase, by the measured rule of choose_execution: the
+        # adaptation sees D^tr (K·N examples a task), the query pass D^ts.
+        adapting = choose_execution(self.execution, self.net, batch.device, batch.shots, batched=True)
+        querying = choose_execution(self.execution, self.net, batch.device, batch.queries, batched=True)
+        if adapting == querying == "batched":
+            phi = batched_sgd_steps(self.net, self.loss_kind, expand_tasks(params, batch.num_tasks), batch.x_tr,
+                                    batch.y_tr, lr, self.inner_steps, self.first_order)
+            metrics = batched_loss(self.net, self.loss_kind, phi, batch.x_ts, batch.y_ts)
+            leaves = list(theta.values())
+            grads = torch.autograd.grad(metrics["loss"].mean(), leaves, allow_unused=True)
+            grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(theta.items(), grads)}
+            return MetaGradient(grads, {k: v.detach() for k, v in metrics.items()})
+        if adapting == querying:
+            return MetaGradient(*mean_gradient(self._task, theta, adapting, (),
+                                               (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts)))
+        # Small D^tr, large D^ts (Omniglot on the CPU): all tasks adapt in one vmap, then each task's
+        # query gradient is taken on its own with its graph freed, and one backward pass through the
+        # adaptation finishes the chain rule (functional.chain_mean_gradient).
+        adapting = "vmap" if adapting == "batched" else adapting
+        phi = map_tasks(lambda p, a, x, y: sgd_steps(self.loss, p, x, y, a, self.inner_steps,
+                                                     first_order=self.first_order),
+                        adapting, (params, lr), (batch.x_tr, batch.y_tr))
+        return MetaGradient(*chain_mean_gradient(
+            phi, theta, lambda p, x, y: task_metrics(self.net, self.loss_kind, p, x, y),
+            "vmap" if querying == "batched" else querying, (batch.x_ts, batch.y_ts)))
 
     # --- evaluation ---------------------------------------------------------------------------
     def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int, inner_lr: LearningRate | None = None,
