@@ -69,6 +69,12 @@ def correctness() -> None:
     print(f"[correctness] CUDA graph replay vs eager after 10 steps: max abs difference {worst:.2e} "
           f"{'ok' if worst < 1e-5 else 'MISMATCH'}")
 
+    # The captured steps of Reptile, iMAML and MAML-TRPO navigation against their eager steps.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_steps
+
+    gpu_steps.correctness(cuda, small=False)
+
 
 def run(command: list[str], seconds_left: float, log: Path) -> str:
     """Run a command with the time left; its output goes to the console and to log; returns stdout."""
@@ -95,6 +101,7 @@ def main():
     parser.add_argument("--benchmarks", nargs="*", default=[
         "maml_sinusoid.py --device cuda", "maml_omniglot.py --device cuda --queries 1 --iterations 10",
         "maml_memory.py --device cuda", "imaml_memory.py --device cuda", "maml_rl_nav.py --device cuda --iterations 2",
+        "gpu_steps.py",
         "blackbox_omniglot.py --device cuda"])
     parser.add_argument("--per-benchmark", type=float, default=90, help="seconds at most for each benchmark")
     parser.add_argument("--reproduce", nargs="*", default=["maml-sinusoid", "maml-omniglot-5w1s"])

@@ -1,5 +1,6 @@
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,30 @@ def test_unknown_experiment_and_scale():
         reproduce.run("nope")
     with pytest.raises(ValueError, match="scale must be one of"):
         reproduce.run("maml-sinusoid", scale="huge")
+
+
+def test_the_gpu_session_script_at_cpu_smoke_scale(tmp_path, capsys):
+    """The GPU session's script end to end on the CPU: checks, one run continued and packed; the
+    pack unpacks into the state and records folders, and the next session finds the run finished."""
+    import sys
+    import tarfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_session
+
+    out, state, records = tmp_path / "out", tmp_path / "state", tmp_path / "records"
+    records.mkdir()
+    gpu_session.main(["--cpu-smoke", "--out", str(out), "--state", str(state), "--budget", "400", "--reserve", "5"])
+    log = (out / "session.log").read_text()
+    assert "[correctness] Reptile" in log and "[speed] MAML-TRPO navigation" in log
+    assert "maml-sinusoid: finished" in log
+    assert sorted(p.name for p in out.iterdir()) == ["maml-sinusoid.tar", "session.log"]
+    with tarfile.open(out / "maml-sinusoid.tar") as tar:
+        names = set(tar.getnames())
+    assert {"checkpoints/maml-sinusoid/stage0.pt", "checkpoints/maml-sinusoid/run.json",
+            "results/maml-sinusoid.json", "results/maml-sinusoid.theta.pt"} <= names
+    fresh = tmp_path / "next"
+    gpu_session.main(["--unpack", str(out), "--state", str(fresh), "--records", str(records)])
+    assert (records / "maml-sinusoid.theta.pt").exists()
+    gpu_session.main(["--cpu-smoke", "--skip-checks", "--out", str(tmp_path / "out2"), "--state", str(fresh)])
+    assert "maml-sinusoid: already finished" in (tmp_path / "out2" / "session.log").read_text()
