@@ -191,3 +191,19 @@ def test_cost_curves_at_the_quick_scale():
 def test_mlp_learner_for_sinusoids_is_the_papers_network():
     learner = E.sinusoid_learner("maml", E.SinusoidComparisonSettings())
     assert isinstance(learner.net, MLP) and learner.net.sizes == (1, 40, 40, 1) and learner.inner_lr == 0.01
+
+
+# Deliberately wrong answers to the chapter's exercises: each must fail its check.
+WRONG = {
+    "maml_family.linear_cka": lambda x, y: (y.T @ x).pow(2).sum() / ((x.T @ x).norm() * (y.T @ y).norm()),
+    "maml_family.msl_weights": lambda steps, progress: [1 / steps] * steps,          # never annealed
+    "maml_family.cavia_mse": lambda context, iterations, seed: 4.2,                   # predicting zero
+}
+
+
+@pytest.mark.parametrize("exercise_id", sorted(WRONG))
+def test_the_chapters_checks_fail_wrong_answers(exercise_id):
+    from mlcourse import exercises
+
+    verdict = exercises.check(exercise_id, WRONG[exercise_id], show=False)
+    assert verdict.status == "failed" and verdict.passed < verdict.total and "✗" in str(verdict)

@@ -7,7 +7,8 @@ import importlib
 from .core import (EXERCISES, RECIPES, Built, Case, Exercise, Observation, Verdict, check, exercise, experiment,
                    judge, observe, recipe)
 
-CHAPTER_MODULES = ("tasks", "multitask", "transfer", "blackbox", "maml", "fomaml", "reptile", "imaml", "maml_rl")
+CHAPTER_MODULES = ("tasks", "multitask", "transfer", "blackbox", "maml", "fomaml", "reptile", "imaml", "maml_rl",
+                   "maml_family")
 
 
 def load_all() -> dict:
