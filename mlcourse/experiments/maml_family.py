@@ -331,8 +331,9 @@ def meta_train(method: str, learner, sample, iterations: int, outer_lr: float, d
             metrics = learner.step(theta, optimizer, sample())
             schedule.step()
             return metrics
+    state = {"theta": theta, "optimizer": optimizer, **({"schedule": schedule} if schedule is not None else {})}
     history = train.fit(step, iterations, log_every=max(1, min(50, iterations // 20)), progress=progress,
-                        desc=f"{LABELS.get(method, method)}")
+                        desc=f"{LABELS.get(method, method)}", state=state)
     return Trained(method, learner, theta, history)
 
 
