@@ -154,7 +154,7 @@ def run(name: str, scale: str = "paper", device=None, out: Path | None = None, i
     from . import distributed, records, runtime, train
 
     settings = settings_for(name, scale, iterations)
-    launched = distributed.setup()
+    launched = distributed.setup(None if device is None else torch.device(device).type)
     if launched is not None and device is None:
         device = launched
     device = runtime.device() if device is None else runtime.check_device(device)
