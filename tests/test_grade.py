@@ -121,3 +121,42 @@ def test_feedback_names_never_collide():
     names = {feedback_name(p) for p in (b"a/b_c.ipynb", b"a_b/c.ipynb", b"a__b/c.ipynb", b"a/_b/c.ipynb",
                                         b"caf\xe9/x.ipynb", b"caf\\xe9/x.ipynb")}
     assert len(names) == 6
+
+
+def _from_chapter(chapter: str, change=lambda source: source):
+    """The student notebook of a real chapter, answered with the chapter's own solutions."""
+    from pathlib import Path
+
+    from mlcourse.assign import is_solution
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "chapters" / f"{chapter}.ipynb", as_version=4)
+    solutions = [c.source for c in nb.cells if is_solution(c) and c.cell_type == "code" and "def " in c.source]
+    student = student_notebook(nb)
+    for cell in student.cells:
+        if "student-answer" in cell.metadata.get("tags", []):
+            for source in solutions:
+                names = [line.split("(")[0][4:] for line in source.splitlines() if line.startswith("def ")]
+                if any(f"def {name}(" in cell.source for name in names):
+                    cell.source = change(source)
+    return student
+
+
+def test_gradients_derivatives_and_rebuilt_callables_go_through_the_sandbox(tmp_path):
+    """maml.adapt gets its loss rebuilt from a recipe and is judged on gradients with respect to θ
+    and to per-parameter rates; imaml.cg gets a rebuilt operator; maml_rl.dice is judged on its
+    first and second derivatives. A detached inner gradient passes the values and fails the
+    gradients."""
+    class_ = {"ann/05_maml": _from_chapter("05_maml"), "ann/08_imaml": _from_chapter("08_imaml"),
+              "ann/09_maml_rl": _from_chapter("09_maml_rl"),
+              "ben/05_maml": _from_chapter("05_maml", lambda s: s.replace("* g[k]", "* g[k].detach()"))}
+    for name, nb in class_.items():
+        (tmp_path / "subs" / name).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, tmp_path / "subs" / f"{name}.ipynb")
+    results = {(r.student, r.chapter): r for r in grade_folder(tmp_path / "subs", tmp_path / "scores.csv",
+                                                                 cell_timeout=120, timeout=300, jobs=2)}
+    for chapter, exercise in (("05_maml", "maml.adapt"), ("08_imaml", "imaml.cg"), ("09_maml_rl", "maml_rl.dice")):
+        ann = results["ann", chapter]
+        assert ann.scores == {exercise: 1.0}, (ann.status, ann.notes, ann.feedback)
+    ben = results["ben", "05_maml"]
+    assert ben.scores["maml.adapt"] == 0.0 and "gradients differ" in "\n".join(ben.feedback)
+    assert "shapes, values and gradients match" not in "\n".join(ben.feedback)

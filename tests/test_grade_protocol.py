@@ -212,3 +212,21 @@ def test_judge_scores_only_what_it_received():
     assert judge(case, None, Observation("ok", value=torch.tensor([0.5]))) is None
     assert "outside" in judge(case, None, Observation("ok", value=1.5))
     assert judge(case, None, Observation("raised", error="ValueError: no")) == "ValueError: no"
+
+
+# --- choosing the sandbox --------------------------------------------------------------------------
+
+def test_bwrap_installed_but_refused_falls_back_and_says_why(tmp_path, monkeypatch):
+    from mlcourse.grading.sandbox import choose_mode
+
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    mode = choose_mode()
+    assert mode.name == "rlimits" and "setting up uid map: Permission denied" in mode.reason
+    assert "sandbox: rlimits only" in mode.notice() and "does not isolate" in mode.notice()
+    with pytest.raises(RuntimeError, match="--sandbox bwrap was asked for, but bwrap failed"):
+        choose_mode("bwrap")
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert choose_mode().reason == "bwrap is not installed"
