@@ -103,3 +103,53 @@ def test_select_needs_evaluations_and_parameters():
     with pytest.raises(ValueError, match="select must be"):
         train.fit(lambda it: {}, 1, select=("accuracy", "best"), evaluate=lambda it: {}, state={"t": {}},
                   progress=False)
+
+
+def test_options_supply_the_state_of_a_loop_written_elsewhere(tmp_path):
+    theta, optimizer, step = _problem()
+    with train.options(state={"theta": theta, "optimizer": optimizer}):
+        train.fit(step, 10, checkpoint=tmp_path / "run.pt", progress=False)
+    saved = train.load_safely(tmp_path / "run.pt")
+    assert saved["iteration"] == 10 and set(saved["state"]) == {"theta", "optimizer"}
+
+
+def test_under_a_checkpointing_policy_every_fit_needs_state(tmp_path):
+    policy = train.Checkpointing(tmp_path, identity={"experiment": "x", "settings": {}})
+    with train.checkpointing(policy), pytest.raises(ValueError, match="was given no state"):
+        train.fit(lambda it: {}, 3, progress=False)
+    theta, optimizer, step = _problem()
+    with train.checkpointing(policy):
+        train.fit(step, 4, state={"theta": theta, "optimizer": optimizer}, progress=False, desc="first")
+        train.fit(step, 2, state={"theta": theta}, progress=False, desc="second")
+    assert (tmp_path / "stage0.pt").exists() and (tmp_path / "stage1.pt").exists()
+    assert [s["desc"] for s in policy.stages] == ["first", "second"]
+    assert torch.equal(policy.stages[1]["params"]["theta"]["w"], theta["w"].detach())
+    with train.checkpointing(train.Checkpointing(tmp_path)), pytest.raises(train.CheckpointError, match="--resume"):
+        train.fit(step, 4, state={"theta": theta, "optimizer": optimizer}, progress=False)
+
+
+def test_loading_keeps_the_optimiser_state_tensors_in_place(tmp_path):
+    """A step captured as a CUDA graph reads the optimiser's state tensors at fixed addresses."""
+    theta, optimizer, step = _problem()
+    train.fit(step, 5, checkpoint=tmp_path / "run.pt", state={"theta": theta, "optimizer": optimizer},
+              progress=False)
+    theta2, optimizer2, step2 = _problem(seed=3)
+    step2(0)  # the optimiser has state now, as after a capture's warm-up steps
+    p = theta2["w"]
+    addresses = {k: v.data_ptr() for k, v in optimizer2.state[p].items()}
+    train._load_state({"theta": theta2, "optimizer": optimizer2},
+                      train.load_safely(tmp_path / "run.pt")["state"])
+    assert {k: v.data_ptr() for k, v in optimizer2.state[p].items()} == addresses
+    assert torch.equal(optimizer2.state[p]["exp_avg"], optimizer.state[theta["w"]]["exp_avg"])
+    assert torch.equal(theta2["w"], theta["w"]) and p.data_ptr() == theta2["w"].data_ptr()
+
+
+def test_random_states_round_trip():
+    import random
+
+    import numpy as np
+
+    state = train.random_state()
+    a = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    train.set_random_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == a
