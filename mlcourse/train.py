@@ -42,6 +42,7 @@ import pickle
 import random
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -475,10 +476,15 @@ def fit(step: Callable[[int], dict], iterations: int, *, log_every: int = 100,
     policy = _POLICY.get()
     stage = None
     every, minutes, deadline = checkpoint_every, None, None
+    if policy is not None and not state:
+        # A loop that does not say what to save cannot resume: it still runs, and says so.
+        warnings.warn(f"train.fit ({desc!r}) runs under reproduce's checkpointing but was given no state=...: this "
+                      "stage is not checkpointed and a resumed run trains it again from the start (pass the "
+                      "parameters and optimisers, or wrap the loop in train.options(state=...)).", RuntimeWarning,
+                      stacklevel=2)
+        policy.stages.append({"desc": desc, "iterations": iterations, "checkpointed": False})
+        policy = None
     if policy is not None:
-        if not state:
-            raise ValueError("train.fit runs under a checkpointing policy (python -m mlcourse.reproduce) but was given "
-                             "no state=...: pass the parameters and optimisers so the run can resume.")
         stage = len(policy.stages)
         policy.stages.append({"desc": desc, "iterations": iterations})
         checkpoint = policy.path(stage) if checkpoint is None else checkpoint

@@ -113,10 +113,12 @@ def test_options_supply_the_state_of_a_loop_written_elsewhere(tmp_path):
     assert saved["iteration"] == 10 and set(saved["state"]) == {"theta", "optimizer"}
 
 
-def test_under_a_checkpointing_policy_every_fit_needs_state(tmp_path):
+def test_under_a_checkpointing_policy_every_fit_gets_a_stage_file(tmp_path):
     policy = train.Checkpointing(tmp_path, identity={"experiment": "x", "settings": {}})
-    with train.checkpointing(policy), pytest.raises(ValueError, match="was given no state"):
-        train.fit(lambda it: {}, 3, progress=False)
+    with train.checkpointing(policy), pytest.warns(RuntimeWarning, match="was given no state"):
+        train.fit(lambda it: {}, 3, progress=False, desc="unsaved")
+    assert policy.stages == [{"desc": "unsaved", "iterations": 3, "checkpointed": False}]
+    policy.stages.clear()
     theta, optimizer, step = _problem()
     with train.checkpointing(policy):
         train.fit(step, 4, state={"theta": theta, "optimizer": optimizer}, progress=False, desc="first")
