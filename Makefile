@@ -115,7 +115,8 @@ unit: $(VENV)/.installed $(TOOLS)/actionlint/.fetched bubblewrap
 # leave build/ in the checkout).
 colab-wheel: $(VENV)/.installed
 	rm -rf $(COLAB)/dist $(COLAB)/src && mkdir -p $(COLAB)/src
-	cp -r pyproject.toml README.md mlcourse $(COLAB)/src/
+	cp -r pyproject.toml setup.py README.md mlcourse chapters $(COLAB)/src/
+	mkdir -p $(COLAB)/src/book && cp -r book/results $(COLAB)/src/book/
 	$(UV) build --quiet --wheel --out-dir $(COLAB)/dist $(COLAB)/src
 
 # A fresh environment with only Colab's preinstalled stack, at Colab's versions.

@@ -164,7 +164,9 @@ def main(argv=None) -> None:
     if args.chapters is not None and not args.all:
         parser.error("--chapters goes with --all")
     if args.all:
-        chapters = args.chapters or ROOT / "chapters"
+        # A checkout's chapters/, else the copy a built package carries (see setup.py).
+        chapters = args.chapters or next((c for c in (ROOT / "chapters", PACKAGE / "chapters") if c.is_dir()),
+                                         ROOT / "chapters")
         if not chapters.is_dir():
             parser.error("--all reads the book's chapter notebooks, and this mlcourse was installed without them "
                          f"({chapters} does not exist): pass --chapters DIR, the chapters/ folder of a clone or "

@@ -42,8 +42,6 @@ def test_the_wheel_is_what_runs(run):
     assert result.stdout.split() == [str(run.site / "mlcourse" / "__init__.py"), mlcourse.__version__]
 
 
-@pytest.mark.xfail(strict=True, reason="reproduce writes its records into site-packages/book/results (its owner "
-                                       "is moving them to a folder that works from a pip install)")
 def test_reproduce_writes_its_record_outside_the_installed_package(run):
     result, written, work, home = run("-m", "mlcourse.reproduce", "maml-sinusoid", "--scale", "quick",
                                       "--iterations", "1")
@@ -53,11 +51,17 @@ def test_reproduce_writes_its_record_outside_the_installed_package(run):
     assert records, f"no record written under the working folder or the home folder:\n{result.stdout[-1000:]}"
 
 
-@pytest.mark.xfail(strict=True, reason="assign --all looks for chapters/ beside the installed package (its owner "
-                                       "is making it work from a pip install)")
 def test_assign_all_writes_every_student_notebook(run):
     result, written, work, _ = run("-m", "mlcourse.assign", "--all", "--out", "students")
     assert result.returncode == 0, result.stderr[-2000:]
     chapters = len(list((Path(__file__).resolve().parents[1] / "chapters").glob("*.ipynb")))
     assert len(list((work / "students").glob("*.ipynb"))) == chapters
     assert not written
+
+
+def test_the_stored_results_travel_with_the_package(run):
+    result, _, _, _ = run("-c", "from mlcourse import records; r = records.load('maml-omniglot-5w1s'); "
+                                "print(records.find('maml-omniglot-5w1s'), r['name'])")
+    assert result.returncode == 0, result.stderr[-2000:]
+    path, name = result.stdout.split()
+    assert name == "maml-omniglot-5w1s" and path.startswith(str(run.site / "mlcourse" / "stored_results"))
