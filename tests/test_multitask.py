@@ -30,13 +30,51 @@ def models(m=M, **kw):
 
 
 @pytest.mark.parametrize("kind", list(models()))
-@pytest.mark.parametrize("execution", ["vmap", "loop"])
+@pytest.mark.parametrize("execution", ["vmap", "loop", "batched"])
 def test_vectorised_losses_equal_a_per_task_loop(kind, execution):
     model = models(execution=execution)[kind]
     params = model.init_params(dtype=F64)
     data = sinusoids()
     torch.testing.assert_close(model.task_losses(params, data.x_tr, data.y_tr),
                                model.loop_losses(params, data.x_tr, data.y_tr))
+
+
+@pytest.mark.parametrize("kind", list(models()))
+def test_batched_gradients_equal_the_per_task_loop(kind):
+    """The batched path (shared layers on all examples at once, per-task layers as batched matrix
+    products) has the loop's gradient for every parameter, per-task ones included."""
+    batched, loop = models(execution="batched")[kind], models(execution="loop")[kind]
+    params = batched.init_params(dtype=F64)
+    data = sinusoids()
+    weights = torch.rand(M, dtype=F64)    # unequal task weights: each task's share must be its own
+    got = torch.autograd.grad((weights * batched.task_losses(params, data.x_tr, data.y_tr)).sum(),
+                              list(params.values()))
+    want = torch.autograd.grad((weights * loop.loop_losses(params, data.x_tr, data.y_tr)).sum(),
+                               list(params.values()))
+    for name, g, w in zip(params, got, want):
+        torch.testing.assert_close(g, w, msg=f"{kind}: gradient of {name}")
+
+
+def test_batched_hard_sharing_takes_an_mlp_head_and_runs_under_vmap_over_runs():
+    model = MultiTask("hard", M, trunk=MLP((1, 8, 4)), head=MLP((4, 6, 1)), execution="batched")
+    params = model.init_params(dtype=F64, runs=2)
+    data = stack_runs([sinusoids(seed=s) for s in range(2)])
+    got = torch.func.vmap(model.task_losses)(params, data.x_tr, data.y_tr)
+    for r in range(2):
+        one = {k: v[r] for k, v in params.items()}
+        torch.testing.assert_close(got[r], model.loop_losses(one, data.x_tr[r], data.y_tr[r]))
+
+
+def test_auto_execution_batches_mlps_on_the_cpu_and_never_batch_norm():
+    assert models()["hard"]._execution(torch.zeros(M, 4, 1)) == "batched"
+    conv = MultiTask("hard", 2, trunk=nn.Sequential(Conv4(3, channels=4, downsample="stride").features,
+                                                    nn.Flatten()),
+                     head=nn.Linear(16, 3), loss="cross_entropy")
+    assert not conv.can_batch() and conv._execution(torch.zeros(2, 4, 1, 28, 28)) == "vmap"
+    with pytest.raises(ValueError, match="no batch normalisation"):
+        MultiTask("shared", 2, net=Conv4(3, channels=4), loss="cross_entropy", execution="batched")
+    with pytest.raises(ValueError, match="execution must be one of"):
+        MultiTask("shared", 2, net=MLP(), execution="parallel")
 
 
 @pytest.mark.parametrize("kind", ["shared", "hard", "conditioned", "independent"])

@@ -13,6 +13,12 @@ Every model is a pure function of a parameter dict. Data come as a :class:`~mlco
 whose task dimension is the task index: ``x [M, n, ...]`` holds task i's examples in slot i. The
 per-task computation is mapped over tasks with ``torch.func.vmap`` (shared tensors are passed
 once, per-task heads are stacked with a leading M dimension), not a Python loop over tasks.
+
+Where no layer mixes the examples of a batch (no batch normalisation: MLPs, linear heads), the
+same function also runs *batched*: shared layers on all M·n examples at once, per-task linear
+layers as one batched matrix product (:meth:`mlcourse.nets.MLP.forward_tasks`). On the CPU that
+avoids vmap's per-operation overhead, which dominates networks this small; ``execution="auto"``
+picks it there. The tests hold every path to the per-task loop.
 """
 
 from __future__ import annotations
@@ -23,10 +29,15 @@ import torch
 from torch import nn
 
 from ..checks import check_count
-from ..nets import Params, check_functional, forward
+from ..nets import MLP, Params, check_functional, forward
 from .functional import choose_execution, map_tasks
 
 KINDS = ("shared", "hard", "conditioned", "independent")
+EXECUTIONS = ("auto", "vmap", "loop", "batched")
+# Layers that compute each example on its own: a batch of M·n examples through them is M batches
+# of n. Batch normalisation (batch statistics) is not among them.
+PER_EXAMPLE = (MLP, nn.Sequential, nn.Linear, nn.Identity, nn.Flatten, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU,
+               nn.LeakyReLU, nn.ELU)
 PER_TASK = ("heads.", "nets.")  # prefixes of parameters with a leading task dimension
 WEIGHTINGS = ("equal", "uncertainty")
 
@@ -58,9 +69,11 @@ class MultiTask:
         weighting: the w_i of Σ_i w_i L_i: ``"equal"`` (w_i = 1/M, so the step size does not grow
             with M), a sequence of M fixed weights, or ``"uncertainty"`` (Kendall et al. 2018:
             Σ_i ½ exp(−s_i) L_i + ½ s_i with learned s_i = log σ_i², averaged over tasks).
-        execution: ``"vmap"``, ``"loop"`` or ``"auto"`` (for independent per-task networks,
-            :func:`mlcourse.meta.functional.choose_execution` decides by device and examples per task;
-            the shared-trunk models always use vmap).
+        execution: ``"vmap"``, ``"loop"``, ``"batched"`` or ``"auto"``. ``"batched"`` needs layers that
+            compute each example on its own (:data:`PER_EXAMPLE`) and per-task parts that are MLPs or
+            linear layers; ``"auto"`` takes it on the CPU where it applies, and otherwise vmap (for
+            independent per-task networks, :func:`mlcourse.meta.functional.choose_execution` decides by
+            device and examples per task).
     """
 
     def __init__(self, kind: str, num_tasks: int, *, net: nn.Module | None = None, trunk: nn.Module | None = None,
@@ -88,8 +101,12 @@ class MultiTask:
             raise ValueError(f"unknown loss {loss!r}; allowed: 'mse' or 'cross_entropy'.")
         self.loss_kind = loss
         self.weighting = self._check_weighting(weighting)
-        if execution not in ("auto", "vmap", "loop"):
-            raise ValueError(f"execution must be 'auto', 'vmap' or 'loop', got {execution!r}.")
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {', '.join(map(repr, EXECUTIONS))}, got {execution!r}.")
+        if execution == "batched" and not self.can_batch():
+            raise ValueError(f"execution='batched' needs layers that compute each example on their own (no batch "
+                             f"normalisation) and MLP or linear per-task parts; this {kind!r} model has "
+                             f"{', '.join(type(m).__name__ for m in (net, trunk, head) if m is not None)}.")
         self.execution = execution
 
     def _check_weighting(self, weighting):
@@ -159,19 +176,60 @@ class MultiTask:
         code = task["embedding"].expand(*features.shape[:-1], -1)
         return forward(self.head, _strip(shared, "head."), torch.cat([features, code], dim=-1))
 
+    def can_batch(self) -> bool:
+        """Whether the model can run ``"batched"``: every shared layer computes each example on its
+        own, and every per-task part is an MLP (or a linear layer, for a hard-sharing head)."""
+        def per_example(module):
+            return all(isinstance(m, PER_EXAMPLE) for m in module.modules())
+
+        if self.kind == "shared":
+            return per_example(self.net)
+        if self.kind == "independent":
+            return isinstance(self.net, MLP)
+        if self.kind == "hard":
+            return per_example(self.trunk) and isinstance(self.head, (MLP, nn.Linear))
+        return per_example(self.trunk) and per_example(self.head)
+
     def _execution(self, x: torch.Tensor) -> str:
-        """vmap, except where :func:`choose_execution`'s measurements favour a loop: per-task
-        convolutions (independent networks) on the CPU with large batches."""
+        """"batched" on the CPU where the layers allow it; else vmap, except where
+        :func:`choose_execution`'s measurements favour a loop: per-task convolutions
+        (independent networks) on the CPU with large batches."""
+        if self.execution == "auto" and x.device.type == "cpu" and self.can_batch():
+            return "batched"
+        if self.execution == "batched":
+            return "batched"
         if self.kind != "independent":
             return "vmap" if self.execution == "auto" else self.execution
         return choose_execution(self.execution, self.net, x.device, x.shape[1])
+
+    def _batched(self, shared: Params, per_task: Params, x: torch.Tensor) -> torch.Tensor:
+        """Every task's predictions without vmap: shared layers on all M·n examples at once,
+        per-task layers as batched matrix products."""
+        m, n = x.shape[:2]
+        flat = x.reshape(m * n, *x.shape[2:])
+        if self.kind == "shared":
+            return forward(self.net, _strip(shared, "net."), flat).reshape(m, n, -1)
+        if self.kind == "independent":
+            return self.net.forward_tasks(_strip(per_task, "nets."), x)
+        features = forward(self.trunk, _strip(shared, "trunk."), flat).reshape(m, n, -1)
+        if self.kind == "hard":
+            heads = _strip(per_task, "heads.")
+            if isinstance(self.head, nn.Linear):
+                return torch.baddbmm(heads["bias"].unsqueeze(1), features, heads["weight"].transpose(1, 2))
+            return self.head.forward_tasks(heads, features)
+        code = per_task["embedding"].unsqueeze(1).expand(m, n, -1)
+        inputs = torch.cat([features, code], dim=-1).reshape(m * n, -1)
+        return forward(self.head, _strip(shared, "head."), inputs).reshape(m, n, -1)
 
     def outputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Every task's predictions on its own inputs: x ``[M, n, ...]`` → ``[M, n, outputs]``."""
         if x.dim() < 2 or x.shape[0] != self.num_tasks:
             raise ValueError(f"x must have shape [M={self.num_tasks}, examples, ...], got {tuple(x.shape)}.")
         shared, per_task = self._split(params)
-        return map_tasks(self._one, self._execution(x), (shared,), (per_task, x))
+        mode = self._execution(x)
+        if mode == "batched":
+            return self._batched(shared, per_task, x)
+        return map_tasks(self._one, mode, (shared,), (per_task, x))
 
     def task_metrics(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_i(θ, D_i) for every task (and accuracy for classification), each of shape [M]."""
