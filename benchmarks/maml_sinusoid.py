@@ -1,7 +1,8 @@
 """Seconds per second-order MAML meta-iteration in the sinusoid setting of Finn et al. (2017):
-MLP 1-40-40-1, K = 10, meta-batch 25, Adam. The package's vectorised step (vmap over tasks)
-against a per-task loop written the textbook way (torch.autograd.grad with create_graph=True),
-in the same run; on CUDA also the CUDA-graph replay of the whole step (sampling included).
+MLP 1-40-40-1, K = 10, meta-batch 25, Adam. The package's steps (vmap over tasks, and the
+task-batched MLP in plain autograd that ``execution="auto"`` picks on the CPU) against a per-task
+loop written the textbook way (torch.autograd.grad with create_graph=True), in the same run; on
+CUDA also the CUDA-graph replay of the whole step (sampling included).
 
     python benchmarks/maml_sinusoid.py [--device cpu|cuda] [--iterations N]
 """
@@ -62,11 +63,12 @@ def main():
         [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     family, net = SinusoidFamily(), MLP()
     print(f"torch {torch.__version__}; meta-batch {TASKS}, K={SHOTS}, MLP 1-40-40-1, second-order MAML")
-    print(f"{'device':>6} {'inner':>5} | {'path':<28} | {'ms/iter':>9} | {'tasks/s':>9} | vs loop")
+    print(f"{'device':>6} {'inner':>5} | {'path':<29} | {'ms/iter':>9} | {'tasks/s':>9} | vs loop")
     for device in devices:
         iterations = args.iterations or (20 if device.type == "cpu" else 200)
         for steps in (1, 5):
             maml = MAML(net, "mse", inner_lr=ALPHA, inner_steps=steps, execution="vmap")
+            batched = MAML(net, "mse", inner_lr=ALPHA, inner_steps=steps, execution="batched")
             theta = maml.init_params(device)
             optimizer = torch.optim.Adam(theta.values(), lr=BETA, capturable=device.type == "cuda")
             batch = family.sample(TASKS, SHOTS, device=device)
@@ -76,12 +78,15 @@ def main():
                 "vmap over tasks (package)": seconds_per_call(
                     lambda: maml.step(theta, optimizer, batch), device, iterations),
             }
+            if device.type == "cpu":  # auto's choice there
+                results["batched MLP (package, auto)"] = seconds_per_call(
+                    lambda: batched.step(theta, optimizer, batch), device, iterations)
             if device.type == "cuda":
                 replay = capture(lambda: maml.step(theta, optimizer, family.sample(TASKS, SHOTS, device=device)))
                 results["vmap + CUDA graph (sampling in)"] = seconds_per_call(replay, device, iterations * 5)
             loop = results["loop over tasks (textbook)"]
             for path, seconds in results.items():
-                print(f"{device.type:>6} {steps:>5} | {path:<28} | {seconds * 1e3:9.3f} | {TASKS / seconds:9.0f} | "
+                print(f"{device.type:>6} {steps:>5} | {path:<29} | {seconds * 1e3:9.3f} | {TASKS / seconds:9.0f} | "
                       f"{loop / seconds:5.1f}x")
             if device.type == "cuda" and steps == 1:
                 best = min(results.values())

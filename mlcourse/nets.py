@@ -13,9 +13,13 @@ cannot see, and ``vmap`` over tasks would have to write it.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from .checks import check_count
@@ -49,6 +53,7 @@ class MLP(nn.Module):
         [tasks, examples, in]. Each linear layer is one batched matrix product, so the gradient
         of the sum of the tasks' losses with respect to the stacked parameters holds every
         task's own gradient, in plain autograd (no ``vmap``)."""
+        check_params(self, params)
         linear = [i for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
         for j, i in enumerate(linear):
             w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
@@ -66,6 +71,27 @@ def _under_vmap() -> bool:
     except AttributeError:  # no such introspection in this torch: assume the worst
         return True
     return bool(stack) and any(level.key() == vmap for level in stack)
+
+
+_region = threading.local()
+
+
+@contextlib.contextmanager
+def first_derivatives_only():
+    """Within this block the caller takes first derivatives only (no ``create_graph``), so the
+    networks may use kernels whose backward is not itself differentiable (Conv4's batch norm
+    followed by max-pooling, :class:`_BatchNormMaxPool`). Asking for a second derivative
+    through them raises torch's error; nothing is ever computed wrongly."""
+    before = getattr(_region, "first_order", False)
+    _region.first_order = True
+    try:
+        yield
+    finally:
+        _region.first_order = before
+
+
+def _first_derivatives_only() -> bool:
+    return getattr(_region, "first_order", False) and torch._C._functorch.peek_interpreter_stack() is None
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +138,48 @@ class BatchNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
 
 
+class _BatchNormMaxPool(torch.autograd.Function):
+    """maxpool_2×2(BN(h)) with BN's batch statistics, computed by pooling first.
+
+    BN is, per channel, the increasing map h ↦ (h − μ)·γ/σ + β when γ ≥ 0 (decreasing when γ < 0),
+    so the 2×2 maximum of BN(h) is BN of the maximum of h (of the minimum for γ < 0). Only the
+    statistics μ, σ² need every value of h; the normalisation, and most of the backward pass, run
+    on a quarter of the values, and no normalised copy of h is ever written. The backward pass is
+    hand-written (first derivatives only): ∂L/∂h is the pooled gradient scattered to the
+    maxima plus the terms through μ and σ², ∂μ/∂h = 1/N and ∂σ²/∂h = 2(h − μ)/N.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, eps):
+        var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=0, keepdim=True)
+        rstd = torch.rsqrt(var + eps)
+        pooled, index = F.max_pool2d_with_indices(h, 2)
+        flip = weight < 0
+        if bool(flip.any()):  # decreasing channels take the 2×2 minimum
+            low, low_index = F.max_pool2d_with_indices(-h[:, flip], 2)
+            pooled[:, flip], index[:, flip] = -low, low_index
+        scale = (weight.view(1, -1, 1, 1) * rstd)
+        ctx.save_for_backward(h, weight, mean, rstd, pooled, index)
+        return (pooled - mean) * scale + bias.view(1, -1, 1, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        h, weight, mean, rstd, pooled, index = ctx.saved_tensors
+        dims, n = (0, 2, 3), h.numel() // h.shape[1]
+        centred = pooled - mean
+        grad_weight = (grad_out * centred).sum(dims) * rstd.flatten()
+        grad_bias = grad_out.sum(dims)
+        grad_pooled = grad_out * (weight.view(1, -1, 1, 1) * rstd)
+        grad_mean = -grad_pooled.sum(dims, keepdim=True)
+        grad_var = -0.5 * rstd.pow(2) * (grad_pooled * centred).sum(dims, keepdim=True)
+        slope = 2 * grad_var / n                                   # ∂L/∂σ² · ∂σ²/∂h = slope · (h − μ)
+        grad_h = torch.addcmul(grad_mean / n - slope * mean, h, slope)
+        b, c = h.shape[:2]
+        grad_h.view(b, c, -1).scatter_add_(2, index.reshape(b, c, -1), grad_pooled.reshape(b, c, -1))
+        return grad_h, grad_weight, grad_bias, None
+
+
 class Conv4(nn.Module):
     """Four blocks of [3×3 conv with 64 channels, batch norm (batch statistics), ReLU, 2×2 max-pool]
     and a linear layer to ``ways`` logits: the few-shot classifier of Vinyals et al. (2016) used by
@@ -151,7 +219,18 @@ class Conv4(nn.Module):
     def forward(self, x):
         if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not _under_vmap():
             x = channels_last(x)
-        return self.head(self.features(x).flatten(1))
+        if not _first_derivatives_only():
+            return self.head(self.features(x).flatten(1))
+        for conv, norm, *rest in self.features:
+            h = conv(x)
+            if isinstance(rest[0], nn.MaxPool2d) and rest[0].kernel_size == 2 and rest[0].stride == 2:
+                x = _BatchNormMaxPool.apply(h, norm.weight, norm.bias, norm.eps)
+                rest = rest[1:]
+            else:
+                x = norm(h)
+            for layer in rest:
+                x = layer(x)
+        return self.head(x.flatten(1))
 
 
 def init_params(net: nn.Module, device=None, dtype=None) -> Params:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from mlcourse.meta.functional import (batched_loss, chain_mean_gradient, choose_execution, expand_tasks, map_tasks,
-                                      mean_gradient, task_loss, task_metrics)
+from mlcourse.meta.functional import (adapted_mean_gradient, batched_loss, chain_mean_gradient, choose_execution,
+                                      expand_tasks, map_tasks, mean_gradient, task_loss, task_metrics)
 from mlcourse.meta.maml import MAML
 from mlcourse.meta.metasgd import PREFIX, MetaSGD
 from mlcourse.nets import MLP, BatchNorm, Conv4, channels_last, init_params
@@ -155,6 +155,21 @@ def test_conv4_executions_give_the_textbook_meta_gradient(downsample, execution,
                          rtol=1e-10)
 
 
+@pytest.mark.parametrize("cls,first_order", [(MAML, False), (MetaSGD, False), (MetaSGD, True)])
+def test_hybrid_in_chunks_gives_the_textbook_meta_gradient(cls, first_order):
+    """5 tasks of 2-shot 3-way episodes with 6 queries a class: chunks of 18 // 6 = 3 tasks, so
+    the adaptation runs in two chunks (2 and 3 tasks)."""
+    net, reference = Conv4(3, channels=3, image_size=16), TorchConv4(3, 3, 16, "maxpool")
+    model, theta = learner(cls, net, "cross_entropy", 0.4, 2, first_order, "auto")
+    batch = episodes(tasks=5, shots=2)
+    result = model.meta_gradient(theta, batch)
+    assert_same_gradient(result.grads, textbook_meta_gradient(reference, "cross_entropy", theta, batch, 0.4, 2,
+                                                              first_order), rtol=1e-10)
+    expected = model.evaluate(theta, batch, steps=2)
+    for k in expected:
+        torch.testing.assert_close(result.metrics[k], expected[k], rtol=1e-10, atol=1e-12)
+
+
 def test_auto_on_the_cpu_runs_conv4_as_the_hybrid():
     batch = episodes()
     net = Conv4(3, channels=3, image_size=16)
@@ -283,6 +298,25 @@ def test_chain_mean_gradient_equals_the_direct_gradient(adapting, querying):
     torch.testing.assert_close(metrics["loss"], expected_metrics["loss"], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 2, 4])
+def test_adapted_mean_gradient_is_the_same_in_any_chunks(chunk):
+    net = MLP((2, 5, 1))
+    loss = task_loss(net, "mse")
+    theta = init_params(net, "cpu", F64)
+    x, y, xq, yq = (torch.randn(4, n, d, dtype=F64) for n, d in ((3, 2), (3, 1), (6, 2), (6, 1)))
+
+    def adapt(t, a, b):
+        g = grad(loss)(t, a, b)
+        return {k: t[k] - 0.3 * g[k] for k in t}
+
+    query = lambda p, c, d: task_metrics(net, "mse", p, c, d)  # noqa: E731
+    got, metrics = adapted_mean_gradient(adapt, query, theta, (x, y), (xq, yq), "vmap", "loop", chunk)
+    expected, expected_metrics = mean_gradient(lambda t, a, b, c, d: query(adapt(t, a, b), c, d), theta, "loop", (),
+                                               (x, y, xq, yq))
+    assert_same_gradient(got, expected, rtol=1e-12)
+    torch.testing.assert_close(metrics["loss"], expected_metrics["loss"], rtol=1e-12, atol=1e-14)
+
+
 # --- choose_execution ----------------------------------------------------------------------------
 def test_choose_execution_rules():
     mlp, conv = MLP(), Conv4(5)
@@ -333,3 +367,61 @@ def check_directional_derivatives(fn, theta, analytic, rtol, directions=3, eps=1
         numeric = (up - down) / (2 * eps)
         exact = float(sum((analytic[k] * d[k]).sum() for k in theta))
         assert abs(numeric - exact) <= rtol * max(1.0, abs(exact)), (numeric, exact)
+
+
+# --- the first-order batch-norm + max-pool kernel -------------------------------------------------
+
+@pytest.mark.parametrize("signs", ["positive", "mixed"])
+def test_batch_norm_max_pool_kernel_is_pooled_batch_norm_with_exact_first_derivatives(signs):
+    """maxpool(BN(h)) by pooling first: the same values and first derivatives as torch's batch norm
+    followed by its max-pool, for channels whose scale γ is positive and for negative ones (which
+    take the minimum); a second derivative through it is refused, never wrong."""
+    from mlcourse.nets import _BatchNormMaxPool
+
+    torch.manual_seed(0)
+    h = torch.randn(3, 4, 6, 6, dtype=F64, requires_grad=True)
+    weight = torch.rand(4, dtype=F64) + 0.5
+    if signs == "mixed":
+        weight = weight * torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=F64)
+    weight.requires_grad_(True)
+    bias = torch.randn(4, dtype=F64, requires_grad=True)
+
+    def reference(h, weight, bias):
+        return F.max_pool2d(F.batch_norm(h, None, None, weight, bias, training=True, eps=1e-5), 2)
+
+    torch.testing.assert_close(_BatchNormMaxPool.apply(h, weight, bias, 1e-5), reference(h, weight, bias),
+                               rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(3, 4, 3, 3, dtype=F64)
+    got = torch.autograd.grad((_BatchNormMaxPool.apply(h, weight, bias, 1e-5) * upstream).sum(), (h, weight, bias))
+    expected = torch.autograd.grad((reference(h, weight, bias) * upstream).sum(), (h, weight, bias))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda h, w, b: _BatchNormMaxPool.apply(h, w, b, 1e-5), (h, weight, bias))
+    first = torch.autograd.grad(_BatchNormMaxPool.apply(h, weight, bias, 1e-5).pow(2).sum(), h, create_graph=True)[0]
+    with pytest.raises(RuntimeError):
+        first.sum().backward()
+
+
+def test_conv4_uses_the_kernel_only_where_first_derivatives_are_asked_for(monkeypatch):
+    """Inside first_derivatives_only Conv4 runs the kernel in every block and computes the same
+    function and gradient as outside it, where the kernel is not used."""
+    from mlcourse import nets
+    from mlcourse.nets import first_derivatives_only
+
+    calls = []
+    original = nets._BatchNormMaxPool.apply
+    monkeypatch.setattr(nets._BatchNormMaxPool, "apply", lambda *a: calls.append(1) or original(*a))
+
+    net = Conv4(3, channels=3, image_size=16)
+    theta = init_params(net, "cpu", F64)
+    theta = {k: v.requires_grad_(True) for k, v in theta.items()}
+    x = torch.randn(6, 1, 16, 16, dtype=F64)
+    y = torch.randint(0, 3, (6,))
+    loss = lambda: F.cross_entropy(functional_call(net, theta, (x,)), y)  # noqa: E731
+    expected = torch.autograd.grad(loss(), list(theta.values()))
+    assert not calls
+    with first_derivatives_only():
+        got = torch.autograd.grad(loss(), list(theta.values()))
+    assert len(calls) == 4
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

@@ -25,7 +25,7 @@ from torch import nn
 from ..checks import check_count, check_positive
 from ..nets import Params
 from ..tasks import Task, TaskBatch
-from .functional import (LearningRate, adaptation_curve, batched_loss, batched_sgd_steps, chain_mean_gradient,
+from .functional import (LearningRate, adaptation_curve, adapted_mean_gradient, batched_loss, batched_sgd_steps,
                          check_rates, choose_execution, expand_tasks, map_tasks, mean_gradient, sgd_steps,
                          task_metrics)
 from .learner import GradientLearner, MetaGradient, NetworkLearner
@@ -117,16 +117,19 @@ class MAML(NetworkLearner, GradientLearner):
         if adapting == querying:
             return MetaGradient(*mean_gradient(self._task, theta, adapting, (),
                                                (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts)))
-        # Small D^tr, large D^ts (Omniglot on the CPU): all tasks adapt in one vmap, then each task's
-        # query gradient is taken on its own with its graph freed, and one backward pass through the
-        # adaptation finishes the chain rule (functional.chain_mean_gradient).
-        adapting = "vmap" if adapting == "batched" else adapting
-        phi = map_tasks(lambda p, a, x, y: sgd_steps(self.loss, p, x, y, a, self.inner_steps,
-                                                     first_order=self.first_order),
-                        adapting, (params, lr), (batch.x_tr, batch.y_tr))
-        return MetaGradient(*chain_mean_gradient(
-            phi, theta, lambda p, x, y: task_metrics(self.net, self.loss_kind, p, x, y),
-            "vmap" if querying == "batched" else querying, (batch.x_ts, batch.y_ts)))
+        # Small D^tr, large D^ts (Omniglot on the CPU): a chunk of tasks adapts in one vmap, then each
+        # task's query gradient is taken on its own with its graph freed, and one backward pass
+        # through the chunk's adaptation finishes the chain rule (functional.adapted_mean_gradient).
+        # A chunk holds about as many D^tr examples as one task has in D^ts, so its adaptation
+        # needs no more memory than one query pass.
+        def adapt(t, x, y):
+            p, a = self.split(t)
+            return sgd_steps(self.loss, p, x, y, a, self.inner_steps, first_order=self.first_order)
+
+        return MetaGradient(*adapted_mean_gradient(
+            adapt, lambda p, x, y: task_metrics(self.net, self.loss_kind, p, x, y), theta,
+            (batch.x_tr, batch.y_tr), (batch.x_ts, batch.y_ts), "vmap" if adapting == "batched" else adapting,
+            "vmap" if querying == "batched" else querying, chunk=max(1, batch.queries // max(1, batch.shots))))
 
     # --- evaluation ---------------------------------------------------------------------------
     def adaptation_curve(self, theta: Params, batch: TaskBatch, steps: int, inner_lr: LearningRate | None = None,
