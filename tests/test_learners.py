@@ -15,6 +15,7 @@ from mlcourse.meta.learner import GradientLearner, Learner, MetaGradient
 from mlcourse.meta.maml import MAML
 from mlcourse.meta.mamlpp import MAMLPlusPlus
 from mlcourse.meta.metasgd import MetaSGD
+from mlcourse.meta.protonet import Conv4Embedding, ProtoNet
 from mlcourse.meta.reptile import Reptile
 from mlcourse.nets import MLP, Conv4
 from mlcourse.tasks import EpisodeSampler, SinusoidFamily
@@ -76,7 +77,8 @@ def test_the_contract_on_sinusoids(name):
     lambda: CAVIA(ContextConv4(3, context=4, channels=4), "cross_entropy", inner_lr=1.0, inner_steps=2),
     lambda: ANIL(Conv4(3, channels=4), "cross_entropy", inner_lr=0.4, inner_steps=2),
     lambda: MAMLPlusPlus(Conv4(3, channels=4), "cross_entropy", inner_lr=0.4, inner_steps=2),
-], ids=["MAML", "Meta-SGD", "Reptile", "iMAML", "CAVIA", "ANIL", "MAML++"])
+    lambda: ProtoNet(Conv4Embedding(channels=4)),
+], ids=["MAML", "Meta-SGD", "Reptile", "iMAML", "CAVIA", "ANIL", "MAML++", "ProtoNet"])
 def test_the_contract_on_episodes_and_one_evaluation_for_all(make):
     torch.manual_seed(0)
     learner = make()
