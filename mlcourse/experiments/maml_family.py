@@ -4,8 +4,8 @@ MAML++, ANIL), at three scales.
 - The challenge, shown: MAML on sinusoids over a grid of inner rates α, inner steps and outer
   rates β (:func:`instability_run`), and the time and memory of a meta-iteration against the
   number of inner steps (:func:`cost_curves`, from :mod:`mlcourse.profile`).
-- One comparison of every gradient-based learner of the book (and prototypical networks when
-  :mod:`mlcourse.meta.protonet` exists) on the same sinusoid and Omniglot 5-way 1-shot settings:
+- One comparison of every gradient-based learner of the book and of prototypical networks
+  on the same sinusoid and Omniglot 5-way 1-shot settings:
   :func:`compare` trains and evaluates each through the learner interface only, and measures its
   time and memory per meta-iteration.
 - The MAML++ ablation on Omniglot (:func:`ablation`): MAML with the same inner loop, each change
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from importlib.util import find_spec
 
 import torch
 
@@ -38,6 +37,7 @@ from ..meta.imaml import IMAML
 from ..meta.maml import MAML
 from ..meta.mamlpp import MAMLPlusPlus
 from ..meta.metasgd import MetaSGD
+from ..meta.protonet import Conv4Embedding, ProtoNet
 from ..meta.reptile import Reptile
 from ..nets import MLP, Conv4, Params
 from ..settings import Settings
@@ -63,7 +63,7 @@ class InstabilitySettings(Settings):
     steps: tuple = (1, 5)                 # inner steps swept
     betas: tuple = (1e-3, 1e-2, 1e-1)     # outer rates swept (α = 0.01, one step)
     iterations: int = 500
-    SCALES = {"book": {"iterations": 200},
+    SCALES = {"book": {"iterations": 150},
               "quick": {"iterations": 4, "alphas": (0.01, 0.3), "steps": (1, 2), "betas": (1e-3, 1e-1)}}
 
 
@@ -140,11 +140,6 @@ LABELS = {"maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile", "i
 GRADIENT_METHODS = ("maml", "fomaml", "reptile", "imaml", "metasgd", "cavia", "mamlpp", "anil")
 
 
-def protonet_available() -> bool:
-    """Whether the package has prototypical networks (:mod:`mlcourse.meta.protonet`)."""
-    return find_spec(f"{__package__.rpartition('.')[0]}.meta.protonet") is not None
-
-
 @dataclass(frozen=True)
 class SinusoidComparisonSettings(Settings):
     """Every learner on the sinusoid family of Finn et al. 2017, §5.1: K = 10 points to adapt on,
@@ -169,7 +164,7 @@ class SinusoidComparisonSettings(Settings):
     reptile_steps: int = 5                # steps of 0.02, outer SGD from 0.1 annealed linearly to 0,
     reptile_outer_lr: float = 0.1         # 10 steps at test time (as the Reptile chapter)
     cost_repeats: int = 5                 # timed meta-gradients per method (the median is reported)
-    SCALES = {"book": {"iterations": 500, "test_tasks": 300, "cost_repeats": 3},
+    SCALES = {"book": {"iterations": 300, "test_tasks": 300, "cost_repeats": 3},
               "quick": {"iterations": 2, "test_tasks": 10, "cost_repeats": 1}}
 
 
@@ -201,7 +196,7 @@ class OmniglotComparisonSettings(Settings):
     msl_fraction: float = 20 / 150        # of the iterations, the multi-step loss's annealing
     first_order_fraction: float = 80 / 150  # of the iterations, first-order meta-gradients
     cost_repeats: int = 5
-    SCALES = {"book": {"iterations": 100, "tasks": 4, "channels": 32, "test_episodes": 200, "cost_repeats": 3},
+    SCALES = {"book": {"iterations": 80, "tasks": 4, "channels": 32, "test_episodes": 100, "cost_repeats": 3},
               "quick": {"iterations": 1, "tasks": 2, "channels": 4, "test_episodes": 4, "cost_repeats": 1}}
 
 
@@ -289,7 +284,7 @@ def omniglot_learner(method: str, settings: OmniglotComparisonSettings):
 
 
 def _protonet(settings: OmniglotComparisonSettings):
-    raise ValueError("prototypical networks are not in this version of the package (mlcourse.meta.protonet).")
+    return ProtoNet(Conv4Embedding(channels=settings.channels))
 
 
 def outer_optimizer(method: str, theta: Params, outer_lr: float, iterations: int, device):
@@ -406,12 +401,12 @@ def omniglot_comparison_samplers(settings: OmniglotComparisonSettings, device, o
 
 def compare_omniglot(settings: OmniglotComparisonSettings, device, methods=None, omniglot=None, seed: int = 0,
                      progress: bool = False) -> tuple[list[Row], dict[str, Trained]]:
-    """Train and evaluate every method on 5-way 1-shot Omniglot (prototypical networks too when the
-    package has them): (rows of the table, the trained learners)."""
+    """Train and evaluate every method (prototypical networks too) on 5-way 1-shot Omniglot: (rows of
+    the table, the trained learners)."""
     _check_settings(settings, OmniglotComparisonSettings)
     s = settings
     if methods is None:
-        methods = (*GRADIENT_METHODS, "protonet") if protonet_available() else GRADIENT_METHODS
+        methods = (*GRADIENT_METHODS, "protonet")
     samplers = omniglot_comparison_samplers(s, device, omniglot)
     rows, trained = [], {}
     for method in methods:
