@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mlcourse.meta.blackbox import CNP, BlackBox, HyperNetwork, SetEncoder
+from mlcourse.meta.learner import Learner
 from mlcourse.nets import MLP, count_params, forward
 from mlcourse.tasks import SinusoidFamily, TaskBatch
 
@@ -16,7 +17,8 @@ MODELS = {
 
 
 def sets(tasks=3, k=6, q=4, dtype=D):
-    return torch.randn(tasks, k, 1, dtype=dtype), torch.randn(tasks, k, 1, dtype=dtype), torch.randn(tasks, q, 1, dtype=dtype)
+    return (torch.randn(tasks, k, 1, dtype=dtype), torch.randn(tasks, k, 1, dtype=dtype),
+            torch.randn(tasks, q, 1, dtype=dtype))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -108,6 +110,34 @@ def test_step_is_a_gradient_step_on_the_query_loss():
         torch.testing.assert_close(theta[k].detach(), expected[k])
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_the_learner_contract(name):
+    learner = BlackBox(MODELS[name]())
+    assert isinstance(learner, Learner) and learner.loss_kind == "mse"
+    theta = learner.init_params("cpu")
+    batch = SinusoidFamily().sample(3, shots=4, queries=5, device="cpu")
+    grads, metrics = learner.meta_gradient(theta, batch)
+    assert grads.keys() == theta.keys() and metrics["loss"].shape == (3,)
+    for k, g in grads.items():
+        assert g.shape == theta[k].shape and not g.requires_grad and g.abs().max() > 0, k
+    torch.testing.assert_close(metrics["loss"], learner.task_metrics(theta, batch)["loss"].detach())
+    phi = learner.adapt(theta, batch)
+    if name == "cnp":
+        assert phi.shape == (3, 8)
+    else:
+        assert all(v.shape[0] == 3 for v in phi.values())
+        assert sum(v[0].numel() for v in phi.values()) == learner.model.phi_size
+    per_task = learner.evaluate(theta, batch)
+    assert per_task["loss"].shape == (3,) and not per_task["loss"].requires_grad
+    before = {k: v.detach().clone() for k, v in theta.items()}
+    means = learner.step(theta, torch.optim.SGD(theta.values(), lr=0.1), batch)
+    assert set(means) == {"loss"} and any(not torch.equal(before[k], theta[k].detach()) for k in theta)
+    with pytest.raises(ValueError, match="steps must be None"):
+        learner.evaluate(theta, batch, steps=2)
+    with pytest.raises(ValueError, match="float64 on cpu but θ is torch.float32"):
+        learner.evaluate(theta, batch.to("cpu", dtype=D))
+
+
 def test_cnp_learns_the_sinusoid_family():
     torch.manual_seed(0)
     family = SinusoidFamily()
@@ -144,9 +174,22 @@ def test_mann_reproduction_runs_at_quick_scale(tmp_path, omniglot_dir):
 
     record = reproduce.run("mann-omniglot", "quick", "cpu", out=tmp_path)
     assert (tmp_path / "mann-omniglot.json").exists()
-    for kind in ("mann", "lstm"):
+    for kind in ("mann", "lstm", "transformer"):
         for k in (1, 2, 3, 4, 5, 10):
             metric = record["metrics"][f"{kind}_instance_{k}"]
-            assert 0 <= metric["value"] <= 100 and metric["unit"] == "%" and metric["paper"] > 0
-    assert record["architecture"]["memory"] == [128, 40] and record["architecture"]["read_heads"] == 4
+            assert 0 <= metric["value"] <= 100 and metric["unit"] == "%"
+            assert (metric["paper"] is None) == (kind == "transformer")
+        assert 0 <= record["metrics"][f"{kind}_one_shot"]["value"] <= 100
+    assert record["settings"]["slots"] == 128 and record["settings"]["heads"] == 4
     assert record["settings"]["episodes"] == 32 and record["settings"]["scale"] == "quick"
+
+
+def test_sequence_settings_keep_the_papers_values():
+    from mlcourse.experiments.blackbox import SequenceSettings
+
+    paper = SequenceSettings.at("paper")
+    assert (paper.controller, paper.slots, paper.width, paper.heads, paper.episodes, paper.meta_batch) == \
+        (200, 128, 40, 4, 100_000, 16)
+    assert paper.encoder == "pixels" and not paper.key_strength
+    book = SequenceSettings.at("book")
+    assert set(book.changed_from_paper()) >= {"episodes", "encoder", "key_strength"}

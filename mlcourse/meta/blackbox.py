@@ -13,8 +13,10 @@ choices of f and g for regression, all batched over tasks ([tasks, points, dim] 
 - :class:`HyperNetwork` with ``generate="last"``: a shared trunk (part of θ) computes features,
   and the summary gives only the last layer's weights: φ_i is tiny.
 
-:class:`BlackBox` wraps any of them with the API of :class:`mlcourse.meta.maml.MAML`
-(``init_params``, ``task_metrics``, ``meta_loss``, ``step``), so the two are trained the same way.
+:class:`BlackBox` makes any of them a :class:`~mlcourse.meta.learner.Learner` (``init_params``,
+``adapt``, ``meta_gradient``, ``step``, ``evaluate``), so they are trained and evaluated exactly as
+MAML is. A regression task batch is the usual TaskBatch: D^tr [tasks, K, x_dim] read as a set,
+D^ts [tasks, Q, x_dim] predicted from φ_i.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch.func import functional_call, vmap
 from ..checks import check_count
 from ..nets import MLP, Params, check_functional, init_params
 from ..tasks import TaskBatch
+from .learner import Learner, MetaGradient
 
 
 def _check_sets(x_tr, y_tr, x_ts, x_dim: int, y_dim: int) -> None:
@@ -67,9 +70,11 @@ class CNP(nn.Module):
         """φ_i = f_θ(D_i^tr): the summary vector of each task, [tasks, r_dim]."""
         return self.encoder(torch.cat([x_tr, y_tr], -1))
 
-    def forward(self, x_tr, y_tr, x_ts):
+    def forward(self, x_tr, y_tr, x_ts, phi_only: bool = False):
         _check_sets(x_tr, y_tr, x_ts, self.x_dim, self.y_dim)
         phi = self.adapt(x_tr, y_tr)
+        if phi_only:
+            return phi
         return self.decoder(torch.cat([x_ts, phi.unsqueeze(1).expand(-1, x_ts.shape[1], -1)], -1))
 
 
@@ -118,9 +123,11 @@ class HyperNetwork(nn.Module):
             start += size
         return phi
 
-    def forward(self, x_tr, y_tr, x_ts):
+    def forward(self, x_tr, y_tr, x_ts, phi_only: bool = False):
         _check_sets(x_tr, y_tr, x_ts, self.x_dim, self.y_dim)
         phi = self.adapt(x_tr, y_tr)
+        if phi_only:
+            return phi
         if self.trunk is None:  # every task runs the target MLP with its own φ_i, batched with vmap
             target = self.target[0]
             return vmap(lambda p, x: functional_call(target, p, (x,)))(phi, x_ts)
@@ -128,7 +135,7 @@ class HyperNetwork(nn.Module):
         return features @ phi["weight"].transpose(-1, -2) + phi["bias"].unsqueeze(1)
 
 
-class BlackBox:
+class BlackBox(Learner):
     """Meta-training of a black-box learner ``model(x_tr, y_tr, x_ts)`` on task batches.
 
     >>> learner = BlackBox(CNP())
@@ -156,22 +163,45 @@ class BlackBox:
         """ŷ^ts = g_{φ_i}(x^ts) with φ_i = f_θ(D_i^tr), for every task of the batch at once."""
         return functional_call(self.model, theta, (x_tr, y_tr, x_ts))
 
-    def task_metrics(self, theta: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Per-task query loss L(φ_i, D_i^ts), shape [tasks]; differentiable in θ."""
+    def _check(self, theta: Params, batch: TaskBatch) -> None:
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"expected a TaskBatch, got {type(batch).__name__}.")
+        if not theta:
+            raise ValueError("θ is empty: it must hold the model's parameters (see init_params).")
+        p = next(iter(theta.values()))
+        if batch.device != p.device or batch.x_tr.dtype != p.dtype:
+            raise ValueError(f"the task batch holds {batch.x_tr.dtype} on {batch.device} but θ is {p.dtype} on "
+                             f"{p.device}; use batch.to(device, dtype=...) to match.")
+
+    def adapt(self, theta: Params, batch: TaskBatch, steps: int | None = None):
+        """φ_i = f_θ(D_i^tr) for every task: the CNP's summary [tasks, r_dim], or the hypernetwork's
+        generated weights (a dict with a leading task dimension). One forward pass: ``steps`` must be None."""
+        if steps is not None:
+            raise ValueError(f"a black-box learner adapts in one forward pass; steps must be None, got {steps!r}.")
+        self._check(theta, batch)
+        return functional_call(self.model, theta, (batch.x_tr, batch.y_tr, batch.x_ts), {"phi_only": True})
+
+    def task_metrics(self, theta: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Per-task query loss L(φ_i, D_i^ts), shape [tasks]; differentiable in θ."""
+        self._check(theta, batch)
         prediction = self.predict(theta, batch.x_tr, batch.y_tr, batch.x_ts)
         return {"loss": (prediction - batch.y_ts).pow(2).mean(dim=(1, 2))}
 
     def meta_loss(self, theta: Params, batch: TaskBatch):
+        """(1/n) Σ_i L(f_θ(D_i^tr), D_i^ts) and the batch means of the metrics (detached)."""
         per_task = self.task_metrics(theta, batch)
         means = {k: v.mean() for k, v in per_task.items()}
         return means["loss"], {k: v.detach() for k, v in means.items()}
 
-    def step(self, theta: Params, optimizer: torch.optim.Optimizer, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """One update θ ← θ − β ∇θ (1/n) Σ_i L(f_θ(D_i^tr), D_i^ts); returns the metrics."""
-        optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.meta_loss(theta, batch)
-        loss.backward()
-        optimizer.step()
-        return metrics
+    def meta_gradient(self, theta: Params, batch: TaskBatch) -> MetaGradient:
+        """∇θ (1/n) Σ_i L(f_θ(D_i^tr), D_i^ts): the ordinary gradient through one forward pass."""
+        per_task = self.task_metrics(theta, batch)
+        grads = torch.autograd.grad(per_task["loss"].mean(), list(theta.values()))
+        return MetaGradient(dict(zip(theta, grads)), {k: v.detach() for k, v in per_task.items()})
+
+    @torch.no_grad()
+    def evaluate(self, theta: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-task query loss after one forward pass, [tasks], without a graph."""
+        if steps is not None:
+            raise ValueError(f"a black-box learner adapts in one forward pass; steps must be None, got {steps!r}.")
+        return self.task_metrics(theta, batch)

@@ -1,22 +1,28 @@
 """A memory-augmented neural network (Santoro et al. 2016) and its LSTM baseline.
 
 Black-box adaptation with a recurrent learner: the network reads an episode as a sequence of
-pairs (x_t, y_{t−1}) and predicts y_t. Its state after reading part of the episode plays the role
-of φ_i = f_θ(D_i^tr); the prediction for the next input is g_{φ_i}(x_t). Labels are shuffled in
-every episode, so the only way to predict y_t is to have bound earlier images to the labels that
-came one step after them.
+pairs (x_t, y_{t−1}) and predicts y_t (:mod:`mlcourse.meta.sequences`). Its state after reading
+D^tr is φ_i = f_θ(D_i^tr); a query is one more step from that state. Labels are shuffled in every
+episode, so the only way to predict y_t is to have bound earlier images to the labels that came
+one step after them.
 
-The MANN is an LSTM controller with an external memory M of N rows (slots) of width W.
+The MANN is an LSTM controller with an external memory M of N rows (slots) of width W. At step t
+the controller emits, for each of R heads, a key k_t, a write gate g_t and (optionally) a key
+strength β_t; then, in this order:
 
-- Read (content addressing): each of R heads emits a key k_t; its read weights are a softmax over
-  the cosine similarities K(k_t, M_t(i)), and it reads r_t = Σ_i w^r_t(i) M_t(i).
-- Write (least-recently-used access, LRUA): usage w^u_t = γ w^u_{t−1} + w^r_t + w^w_t; the least
-  used slots w^lu_{t−1} come from w^u_{t−1}; the write weights interpolate between the slots read
-  last and a least-used slot, w^w_t = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}; before writing,
-  the least-used slot is set to zero; then M_t(i) = M_{t−1}(i) + w^w_t(i) k_t.
+- Write (least-recently-used access, LRUA): the write weights interpolate between the rows read at
+  the previous step and the least-used row, w^w_t = σ(g_t) w^r_{t−1} + (1 − σ(g_t)) w^lu_{t−1},
+  where w^lu_{t−1} marks the least used rows of the usage w^u_{t−1}; the least-used row is set to
+  zero, then M_t(i) = M_{t−1}(i) + w^w_t(i) k_t.
+- Read (content addressing) from M_t with the same key: w^r_t(i) = softmax_i(β_t cos(k_t, M_t(i))),
+  r_t = Σ_i w^r_t(i) M_t(i). The paper's softmax has β = 1; ``key_strength=True`` lets the
+  controller emit β_t = 1 + softplus(b_t) ≥ 1, as the Neural Turing Machine does (Graves et al.
+  2014): with 128 rows and cosines in [−1, 1], β = 1 gives a perfect match at most e / (e + 127)
+  ≈ 2% of the weight.
+- Usage: w^u_t = γ w^u_{t−1} + Σ_heads (w^r_t + w^w_t).
 
-Everything is batched over episodes: a meta-batch of sequences is one computation, and only the
-time steps are a Python loop.
+The classifier reads [h_t, r_t]; the next controller step reads r_t too. Everything is batched
+over episodes: only the time steps are a Python loop.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from torch import nn
 
 from ..checks import check_count, check_positive
+from .sequences import ImageEncoder, SequenceNet
 
 # The paper's Omniglot settings. γ is not given in the paper; 0.95 is the usual choice.
 PAPER = {"controller": 200, "slots": 128, "width": 40, "heads": 4, "gamma": 0.95, "image_size": 20,
@@ -33,19 +40,22 @@ PAPER = {"controller": 200, "slots": 128, "width": 40, "heads": 4, "gamma": 0.95
 
 # --- memory addressing (pure functions, batched over any leading dimensions) ----------------------
 def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """K(k, M(i)) for every head and slot: keys [..., R, W], memory [..., N, W] -> [..., R, N].
+    """cos(k, M(i)) for every head and slot: keys [..., R, W], memory [..., N, W] -> [..., R, N].
 
     ε inside the square roots keeps the value and its gradient finite for all-zero rows.
     """
     dots = keys @ memory.transpose(-1, -2)
-    key_norm = (keys.pow(2).sum(-1) + eps).sqrt()
-    row_norm = (memory.pow(2).sum(-1) + eps).sqrt()
-    return dots / (key_norm.unsqueeze(-1) * row_norm.unsqueeze(-2))
+    key_norm = torch.rsqrt(keys.pow(2).sum(-1, keepdim=True) + eps)
+    return dots * key_norm * torch.rsqrt(memory.pow(2).sum(-1) + eps).unsqueeze(-2)
 
 
-def read_weights(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """w^r: softmax over slots of the cosine similarities, [..., R, N]; each row sums to one."""
-    return torch.softmax(cosine_similarity(keys, memory), dim=-1)
+def read_weights(keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    """w^r: softmax over slots of β · cos, [..., R, N]; each row sums to one. strength β: [..., R], or
+    None for β = 1 (the paper's read)."""
+    similarity = cosine_similarity(keys, memory)
+    if strength is not None:
+        similarity = similarity * strength.unsqueeze(-1)
+    return torch.softmax(similarity, dim=-1)
 
 
 def least_used(usage: torch.Tensor, heads: int) -> torch.Tensor:
@@ -59,10 +69,10 @@ def least_used(usage: torch.Tensor, heads: int) -> torch.Tensor:
     return (order.unsqueeze(-1) == torch.arange(usage.shape[-1], device=usage.device)).to(usage.dtype)
 
 
-def write_weights(prev_read: torch.Tensor, prev_least_used: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """w^w_t = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}; alpha [..., R], weights [..., R, N]."""
-    gate = torch.sigmoid(alpha).unsqueeze(-1)
-    return gate * prev_read + (1 - gate) * prev_least_used
+def write_weights(prev_read: torch.Tensor, prev_least_used: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """w^w_t = σ(g) w^r_{t−1} + (1 − σ(g)) w^lu_{t−1}; gate g [..., R], weights [..., R, N]."""
+    s = torch.sigmoid(gate).unsqueeze(-1)
+    return s * prev_read + (1 - s) * prev_least_used
 
 
 def update_usage(usage: torch.Tensor, read: torch.Tensor, write: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -77,7 +87,6 @@ def write_memory(memory: torch.Tensor, slot_to_clear: torch.Tensor, write: torch
     return cleared + write.transpose(-1, -2) @ values
 
 
-# --- the networks -----------------------------------------------------------------------------
 def lstm_cell(gates: torch.Tensor, cell: torch.Tensor):
     """One LSTM update from pre-activations [..., 4H] (input, forget, cell, output): (h, c)."""
     i, f, g, o = gates.chunk(4, dim=-1)
@@ -85,59 +94,61 @@ def lstm_cell(gates: torch.Tensor, cell: torch.Tensor):
     return torch.sigmoid(o) * torch.tanh(cell), cell
 
 
-class _SequenceNet(nn.Module):
-    """Shared input checks. Inputs are [episodes, T, input_size]; outputs [episodes, T, classes]."""
-
-    input_size: int
-
-    def _check(self, inputs: torch.Tensor) -> None:
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
-            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ValueError(f"{type(self).__name__} expects inputs [episodes, T, {self.input_size}] "
-                             f"(image pixels and the previous one-hot label), got {got}.")
-        if inputs.shape[1] < 1:
-            raise ValueError("the sequences are empty (T = 0); an episode needs at least one step.")
+def _repeat(state: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+    """Each episode's state once per query: [B, ...] -> [B·times, ...]."""
+    return {k: v.repeat_interleave(times, dim=0) for k, v in state.items()}
 
 
-class LSTMLearner(_SequenceNet):
-    """The LSTM baseline: the same controller without external memory."""
+# --- the networks -----------------------------------------------------------------------------
+class LSTMLearner(SequenceNet):
+    """The LSTM baseline: an LSTM reads [e(x_t), y_{t−1}] and a linear layer predicts y_t.
 
-    def __init__(self, input_size: int, classes: int, hidden: int = PAPER["controller"]):
-        super().__init__()
-        self.input_size = check_count("input_size", input_size)
-        self.classes = check_count("classes", classes)
-        self.hidden = check_count("hidden", hidden)
-        self.input = nn.Linear(input_size, 4 * hidden)
-        self.recurrent = nn.Linear(hidden, 4 * hidden, bias=False)
-        self.output = nn.Linear(hidden, classes)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._check(inputs)
-        b, steps, _ = inputs.shape
-        # The input projection of all steps in one matrix product; unbind (not indexing) so that
-        # the backward pass stacks the step gradients once instead of filling a zero tensor per step.
-        gates_in = self.input(inputs).unbind(1)
-        h = c = inputs.new_zeros(b, self.hidden)
-        states = []
-        for t in range(steps):
-            h, c = lstm_cell(gates_in[t] + self.recurrent(h), c)
-            states.append(h)
-        return self.output(torch.stack(states, 1))
-
-
-class MANN(_SequenceNet):
-    """LSTM controller + memory of ``slots`` × ``width`` with ``heads`` read heads and LRUA writes.
-
-    The controller reads [x_t, y_{t−1}, r_{t−1}] (the previous reads feed the next state); the
-    classifier reads [h_t, r_t]. ``trace(inputs)`` also returns the read and write weights, the
-    usage and the memory at every step, for figures.
+    pixels: image size once flattened (400 for 20 × 20). encoder: ``"pixels"`` (the paper) or
+    ``"mlp"`` (see :class:`~mlcourse.meta.sequences.ImageEncoder`). forget_bias: added to the
+    forget gate's bias at initialisation (1 is the usual advice for LSTMs; the paper does not say).
+    φ = the state (h, c) after D^tr and the last label; a query is one more step from it.
     """
 
-    def __init__(self, input_size: int, classes: int, hidden: int = PAPER["controller"],
-                 slots: int = PAPER["slots"], width: int = PAPER["width"], heads: int = PAPER["heads"],
-                 gamma: float = PAPER["gamma"]):
+    def __init__(self, pixels: int, classes: int, hidden: int = PAPER["controller"], encoder: str = "pixels",
+                 embedding: int = 64, forget_bias: float = 0.0, previous_image: bool = False):
         super().__init__()
-        self.input_size = check_count("input_size", input_size)
+        self.classes = check_count("classes", classes)
+        self.hidden = check_count("hidden", hidden)
+        self.encoder = ImageEncoder(pixels, encoder, embedding)
+        self.previous_image = bool(previous_image)
+        # torch's fused LSTM: one call for the whole sequence instead of a Python loop over steps.
+        self.lstm = nn.LSTM(self.input_size, hidden, batch_first=True)
+        self.output = nn.Linear(hidden, classes)
+        with torch.no_grad():
+            self.lstm.bias_hh_l0.zero_()  # one bias per gate is enough; the fused kernel has two
+            self.lstm.bias_ih_l0[hidden:2 * hidden] += forget_bias
+
+    def read(self, x_tr, y_tr):
+        h, (h_last, c_last) = self.lstm(self.step_inputs(x_tr, y_tr))
+        return self.output(h), {"h": h_last[0], "c": c_last[0], **self.last_step(x_tr, y_tr)}
+
+    def answer(self, state, x_ts):
+        b, q = x_ts.shape[:2]
+        inputs = self.query_inputs(state, x_ts)
+        start = _repeat({"h": state["h"], "c": state["c"]}, q)
+        h, _ = self.lstm(inputs.reshape(b * q, 1, -1), (start["h"].unsqueeze(0), start["c"].unsqueeze(0)))
+        return self.output(h.view(b, q, -1))
+
+
+class MANN(SequenceNet):
+    """LSTM controller + memory of ``slots`` × ``width`` with ``heads`` read heads and LRUA writes.
+
+    The controller reads [e(x_t), y_{t−1}, r_{t−1}]; the classifier reads [h_t, r_t].
+    ``key_strength``: the controller also emits β_t (see the module docstring). ``trace(x, y)``
+    returns the online logits and the read and write weights, the usage and the memory at every
+    step, for figures.
+    """
+
+    def __init__(self, pixels: int, classes: int, hidden: int = PAPER["controller"], slots: int = PAPER["slots"],
+                 width: int = PAPER["width"], heads: int = PAPER["heads"], gamma: float = PAPER["gamma"],
+                 key_strength: bool = False, encoder: str = "pixels", embedding: int = 64,
+                 previous_image: bool = False, read_first: bool = False):
+        super().__init__()
         self.classes = check_count("classes", classes)
         self.hidden = check_count("hidden", hidden)
         self.slots = check_count("slots", slots)
@@ -148,47 +159,76 @@ class MANN(_SequenceNet):
         self.gamma = check_positive("gamma", gamma)
         if self.gamma > 1:
             raise ValueError(f"gamma (the usage decay γ) must lie in (0, 1], got {gamma!r}.")
-        self.input = nn.Linear(input_size, 4 * hidden)
+        self.key_strength = bool(key_strength)
+        self.encoder = ImageEncoder(pixels, encoder, embedding)
+        self.previous_image, self.read_first = bool(previous_image), bool(read_first)
+        self.input = nn.Linear(self.input_size, 4 * hidden)
         self.recurrent = nn.Linear(hidden + heads * width, 4 * hidden, bias=False)
-        self.head = nn.Linear(hidden, heads * (width + 1))  # per head: a key and the write gate α
+        # Per head: a key, the write gate g and, with key_strength, the strength's pre-activation.
+        self.head = nn.Linear(hidden, heads * (width + 1 + self.key_strength))
         self.output = nn.Linear(hidden + heads * width, classes)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self._run(inputs, keep=False)[0]
-
-    def trace(self, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(logits, {"read", "write": [B, T, R, N], "usage": [B, T, N], "memory": [B, T, N, W]})."""
-        return self._run(inputs, keep=True)
-
-    def _run(self, inputs: torch.Tensor, keep: bool):
-        self._check(inputs)
-        b, steps, _ = inputs.shape
+    def start(self, batch: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state before the first step: empty memory, zero usage, no previous read."""
         n, w, r = self.slots, self.width, self.heads
-        gates_in = self.input(inputs).unbind(1)
-        state = inputs.new_zeros(b, self.hidden + r * w)  # [h_{t−1}, r_{t−1}]
-        c = inputs.new_zeros(b, self.hidden)
-        memory = inputs.new_zeros(b, n, w)
-        usage = inputs.new_zeros(b, n)
-        read_w = inputs.new_zeros(b, r, n)
-        states, kept = [], {"read": [], "write": [], "usage": [], "memory": []}
-        for t in range(steps):
-            h, c = lstm_cell(gates_in[t] + self.recurrent(state), c)
-            out = self.head(h).view(b, r, -1)
-            key, alpha = torch.tanh(out[..., :w]), out[..., w]
-            lu = least_used(usage, r)
-            write_w = write_weights(read_w, lu, alpha)  # from w^r_{t−1} and w^lu_{t−1}
-            memory = write_memory(memory, lu[:, 0], write_w, key)
-            # Reading after the write, with the key just written, finds that slot again (and the
-            # slots of earlier images like x_t): the next step's write to "the slots read last"
-            # then stores y_t, which arrives with x_{t+1}, beside x_t.
-            read_w = read_weights(key, memory)
+        return {"h": like.new_zeros(batch, self.hidden), "c": like.new_zeros(batch, self.hidden),
+                "read": like.new_zeros(batch, r * w), "read_weights": like.new_zeros(batch, r, n),
+                "memory": like.new_zeros(batch, n, w), "usage": like.new_zeros(batch, n)}
+
+    def step(self, gates_in: torch.Tensor, state: dict[str, torch.Tensor]):
+        """One step from the input's gate pre-activations [B, 4H]: (the classifier's input [h, r], the
+        new state, the write weights)."""
+        b, w, r = gates_in.shape[0], self.width, self.heads
+        h, c = lstm_cell(gates_in + self.recurrent(torch.cat([state["h"], state["read"]], -1)), state["c"])
+        out = self.head(h).view(b, r, -1)
+        key, gate = torch.tanh(out[..., :w]), out[..., w]
+        strength = 1 + nn.functional.softplus(out[..., w + 1]) if self.key_strength else None
+        with torch.no_grad():  # the least-used slots are a discrete choice: no gradient
+            lu = least_used(state["usage"], r)
+        write_w = write_weights(state["read_weights"], lu, gate)  # from w^r_{t−1} and w^lu_{t−1}
+        if self.read_first:
+            read_w = read_weights(key, state["memory"], strength)
+            read = (read_w @ state["memory"]).flatten(1)
+        memory = write_memory(state["memory"], lu[:, 0], write_w, key)
+        # Reading after the write, with the key just written, finds that row again (and the rows
+        # of earlier images like x_t): the next step's write to "the rows read last" then stores
+        # what y_t, which arrives with x_{t+1}, makes of the controller's state beside x_t.
+        if not self.read_first:
+            read_w = read_weights(key, memory, strength)
             read = (read_w @ memory).flatten(1)
-            # Usage only picks slots (a discrete choice): it needs no gradient.
-            usage = update_usage(usage, read_w.detach(), write_w.detach(), self.gamma)
-            state = torch.cat([h, read], dim=-1)
-            states.append(state)
+        with torch.no_grad():  # usage only picks slots
+            usage = update_usage(state["usage"], read_w, write_w, self.gamma)
+        new = {"h": h, "c": c, "read": read, "read_weights": read_w, "memory": memory, "usage": usage}
+        return torch.cat([h, read], -1), new, write_w
+
+    def _run(self, x_tr, y_tr, keep: bool):
+        gates_in = self.input(self.step_inputs(x_tr, y_tr)).unbind(1)  # every step's input projection at once
+        state = self.start(x_tr.shape[0], x_tr)
+        features, kept = [], {"read": [], "write": [], "usage": [], "memory": []}
+        for g in gates_in:
+            out, state, write_w = self.step(g, state)
+            features.append(out)
             if keep:
-                for name, value in (("read", read_w), ("write", write_w), ("usage", usage), ("memory", memory)):
+                for name, value in (("read", state["read_weights"]), ("write", write_w), ("usage", state["usage"]),
+                                    ("memory", state["memory"])):
                     kept[name].append(value.detach())
-        logits = self.output(torch.stack(states, 1))
-        return logits, ({k: torch.stack(v, 1) for k, v in kept.items()} if keep else {})
+        state.update(self.last_step(x_tr, y_tr))
+        return self.output(torch.stack(features, 1)), state, kept
+
+    def read(self, x_tr, y_tr):
+        logits, state, _ = self._run(x_tr, y_tr, keep=False)
+        return logits, state
+
+    def answer(self, state, x_ts):
+        b, q = x_ts.shape[:2]
+        gates_in = self.input(self.query_inputs(state, x_ts)).reshape(b * q, -1)
+        start = _repeat({k: v for k, v in state.items() if k not in ("label", "image")}, q)
+        out, _, _ = self.step(gates_in, start)
+        return self.output(out).view(b, q, -1)
+
+    @torch.no_grad()
+    def trace(self, x_tr: torch.Tensor, y_tr: torch.Tensor):
+        """(online logits, {"read", "write": [B, T, R, N], "usage": [B, T, N], "memory": [B, T, N, W]})."""
+        self.check(x_tr, y_tr)
+        logits, _, kept = self._run(x_tr, y_tr, keep=True)
+        return logits, {k: torch.stack(v, 1) for k, v in kept.items()}
