@@ -58,7 +58,7 @@ def test_writes_the_assignment_beside_the_answer_key(tmp_path):
     assign.main([str(ROOT / "chapters" / "05_maml.ipynb"), "--out", str(tmp_path / "s"),
                  "--answer-key", str(tmp_path / "k")])
     plan = assignment.load(tmp_path / "k" / "assignment.json", load_all())
-    assert plan["07_reptile"]["exercises"] == ["reptile.step"] and plan["05_maml"]["exercises"] == ["maml.adapt"]
+    assert plan["07_reptile"]["exercises"] == ["reptile.step", "reptile.toy_distance"] and plan["05_maml"]["exercises"] == ["maml.adapt"]
     student = nbformat.read(tmp_path / "s" / CHAPTER.name, as_version=4)
     marked = [c.id for c in student.cells if "student-answer" in c.metadata.get("tags", [])]
     assert plan["07_reptile"]["answer_cells"] == marked and marked

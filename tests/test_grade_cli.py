@@ -88,6 +88,7 @@ def test_a_real_chapter_from_assign_to_scores_and_resumed(tmp_path):
     with open(tmp_path / "scores.csv") as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
     assert rows["ann"]["reptile.step"] == "1.00" and rows["ben"]["reptile.step"] == "0.00"
+    assert rows["ann"]["score"] == "0.50"   # one of the chapter's two exercises answered
     assert "not attempted" in (tmp_path / "feedback" / rows["ben"]["feedback"]).read_text()
 
     (tmp_path / "subs" / "cid").mkdir()   # a late submission; the two graded ones are kept as they are
@@ -98,4 +99,4 @@ def test_a_real_chapter_from_assign_to_scores_and_resumed(tmp_path):
     assert "resuming: 2 of 3 submissions already graded" in again.stdout
     with open(tmp_path / "scores.csv") as f:
         resumed = {row["student"]: row for row in csv.DictReader(f)}
-    assert resumed["ann"] == rows["ann"] and resumed["ben"] == rows["ben"] and resumed["cid"]["score"] == "1.00"
+    assert resumed["ann"] == rows["ann"] and resumed["ben"] == rows["ben"] and resumed["cid"]["score"] == rows["ann"]["score"]
