@@ -247,3 +247,36 @@ def test_solvers_vectorised_equal_loop_and_curves_end_where_adapt_ends(solver):
 def test_unknown_solver_is_an_error():
     with pytest.raises(ValueError, match="inner_solver must be one of \\('gd', 'monotone'\\), got 'newton'"):
         IMAML(MLP(), "mse", inner_solver="newton")
+
+
+@pytest.mark.parametrize("solver", ["gd", "monotone"])
+@pytest.mark.parametrize("tolerance", [None, 1e-3])
+def test_task_batched_path_equals_vmap(solver, tolerance):
+    """On the CPU the MLP solves the inner problems and the CG systems of all tasks at once in plain
+    autograd; it must give vmap's φ_i, meta-gradient and diagnostics (with a step large enough that
+    the monotone solver refuses some steps, so that per-task rates differ)."""
+    net = MLP((1, 8, 8, 1))
+    batch = SinusoidFamily().sample(5, 10, device="cpu", dtype=F64, generator=torch.Generator().manual_seed(7))
+    out = {}
+    for execution in ("batched", "vmap"):
+        imaml = IMAML(net, "mse", lam=1.0, inner_lr=0.08, inner_steps=20, cg_steps=6, damping=0.5,
+                      inner_solver=solver, inner_tolerance=tolerance, execution=execution, on_cg_failure="ignore")
+        assert imaml._batched(batch) == (execution == "batched")
+        theta = imaml.init_params("cpu", F64)
+        out[execution] = (imaml.solve_inner(theta, batch), imaml.meta_gradient(theta, batch))
+    (phi_b, norm_b), (grads_b, info_b) = out["batched"]
+    (phi_v, norm_v), (grads_v, info_v) = out["vmap"]
+    for k in phi_v:
+        torch.testing.assert_close(phi_b[k], phi_v[k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grads_b[k], grads_v[k], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(norm_b, norm_v, rtol=1e-9, atol=1e-12)
+    for key in ("loss", "cg_residual", "inner_grad_norm"):
+        torch.testing.assert_close(info_b[key], info_v[key], rtol=1e-8, atol=1e-12)
+
+
+def test_auto_runs_the_mlp_task_batched_on_the_cpu_and_keeps_no_graph():
+    imaml = IMAML(MLP(), "mse", inner_steps=3, on_cg_failure="ignore")
+    batch = SinusoidFamily().sample(3, 5, device="cpu")
+    assert imaml._batched(batch)
+    grads, info = imaml.meta_gradient(imaml.init_params("cpu"), batch)
+    assert not any(g.requires_grad for g in grads.values()) and not info["cg_residual"].requires_grad

@@ -22,6 +22,11 @@ L + λ/2‖φ − θ‖² (or make it non-finite) is refused and the step halved
 step by a quarter. A fixed step diverges on a task whose curvature exceeds 2/step; the monotone
 solver cannot, and it takes larger steps where the curvature allows, for the same cost per step
 (one gradient, which also gives the objective's value).
+
+On the CPU the MLP runs the inner solver and the implicit gradient for all tasks at once in plain
+autograd (the MLP's task-batched forward, as MAML does there; ``vmap``'s per-operation overhead
+dominates such small tensors), with per-task step sizes, dot products and CG coefficients; the
+tests hold it to the ``vmap`` and loop paths.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from ..checks import check_count, check_positive
 from ..linalg import conjugate_gradient
 from ..nets import Params
 from ..tasks import Task, TaskBatch
-from .functional import adaptation_curve, choose_execution, map_tasks, sgd_steps, task_metrics
+from .functional import (adaptation_curve, batched_loss, choose_execution, map_tasks, sgd_steps,
+                         task_metrics)
 from .learner import GradientLearner, MetaGradient, NetworkLearner
 
 
@@ -99,6 +105,11 @@ class IMAML(NetworkLearner, GradientLearner):
     def _execution(self, batch: TaskBatch) -> str:
         return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
 
+    def _batched(self, batch: TaskBatch) -> bool:
+        """Whether the inner solver and the implicit gradient run task-batched (MLP on the CPU)."""
+        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries,
+                                batched=True) == "batched"
+
     # --- the inner problem ---------------------------------------------------------------------
     def _gradient_norm(self, theta, phi, x, y) -> torch.Tensor:
         """‖∇φ (L(φ) + λ/2‖φ − θ‖²)‖ for one task: zero at the exact inner solution."""
@@ -115,6 +126,8 @@ class IMAML(NetworkLearner, GradientLearner):
         phi = {k: v.expand(batch.num_tasks, *v.shape).clone() for k, v in anchor.items()}
         rate = torch.full((batch.num_tasks,), self.inner_lr, device=batch.device, dtype=phi[next(iter(phi))].dtype)
 
+        if self._batched(batch):
+            return self._batched_solve(anchor, batch.x_tr, batch.y_tr, phi, rate)
         done = 0
         while done < self.inner_steps:
             chunk = self.inner_steps - done if self.inner_tolerance is None else min(self.check_every,
@@ -162,6 +175,69 @@ class IMAML(NetworkLearner, GradientLearner):
             return phi, rate
         return phi, rate, {k: torch.stack([p[k] for p in points]) for k in points[0]}
 
+    # --- the same, for all tasks at once (the MLP's task-batched forward) -------------------------
+    def _batched_grad_and_value(self, phi, anchor, x, y, lam):
+        """Per-task gradients (stacked) and values [tasks] of L(φ_i) + lam/2 ‖φ_i − θ‖²."""
+        with torch.enable_grad():
+            point = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
+            value = batched_loss(self.net, self.loss_kind, point, x, y)["loss"]
+            if lam:
+                value = value + lam / 2 * sum((point[k] - anchor[k]).pow(2).flatten(1).sum(1) for k in point)
+            g = torch.autograd.grad(value.sum(), list(point.values()))
+        return dict(zip(point, g)), value.detach()
+
+    def _batched_gradient(self, phi, anchor, x, y):
+        """Per-task gradients of L(φ_i) + λ/2 ‖φ_i − θ‖², the proximal part in closed form."""
+        g, _ = self._batched_grad_and_value(phi, anchor, x, y, 0.0)
+        return {k: g[k] + self.lam * (phi[k] - anchor[k]) for k in g}
+
+    def _batched_solve(self, anchor, x, y, phi, rate):
+        """:meth:`solve_inner` for all tasks at once: the same steps, each task with its own rate."""
+        done, g, value = 0, None, None
+        while done < self.inner_steps:
+            chunk = self.inner_steps if self.inner_tolerance is None else min(self.check_every,
+                                                                              self.inner_steps - done)
+            for _ in range(chunk):
+                if self.inner_solver == "gd":
+                    g = self._batched_gradient(phi, anchor, x, y)
+                    phi = {k: phi[k] - _per_task(rate, phi[k]) * g[k] for k in phi}
+                    continue
+                if g is None:
+                    g, value = self._batched_grad_and_value(phi, anchor, x, y, self.lam)
+                candidate = {k: phi[k] - _per_task(rate, phi[k]) * g[k] for k in phi}
+                g_new, value_new = self._batched_grad_and_value(candidate, anchor, x, y, self.lam)
+                accept = torch.isfinite(value_new) & (value_new <= value)
+                phi = {k: torch.where(_per_task(accept, phi[k]), candidate[k], phi[k]) for k in phi}
+                g = {k: torch.where(_per_task(accept, g[k]), g_new[k], g[k]) for k in g}
+                value = torch.where(accept, value_new, value)
+                rate = torch.where(accept, rate * GROW, rate * SHRINK)
+            done += chunk
+            if self.inner_tolerance is not None and done < self.inner_steps:
+                if float(_norms(self._batched_gradient(phi, anchor, x, y)).max()) < self.inner_tolerance:
+                    break  # one host sync per check, by design
+        return phi, _norms(self._batched_gradient(phi, anchor, x, y))
+
+    def _batched_task_gradients(self, phi, x_tr, y_tr, x_ts, y_ts):
+        """:meth:`_task_gradient` for all tasks at once: per-task CG with double-backward
+        Hessian-vector products of the summed training losses (each task's loss depends on its
+        own slice of φ only, so H is block-diagonal over tasks)."""
+        with torch.enable_grad():
+            point = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
+            query = batched_loss(self.net, self.loss_kind, point, x_ts, y_ts)
+            query_grad = dict(zip(point, torch.autograd.grad(query["loss"].sum(), list(point.values()))))
+            train_loss = batched_loss(self.net, self.loss_kind, point, x_tr, y_tr)["loss"].sum()
+            train_grad = torch.autograd.grad(train_loss, list(point.values()), create_graph=True)
+
+        def matvec(v):
+            with torch.enable_grad():
+                hv = torch.autograd.grad(train_grad, list(point.values()), [v[k] for k in point],
+                                         retain_graph=True, allow_unused=True)
+            return {k: (1 + self.damping) * v[k] + (0 if h is None else h.detach()) / self.lam
+                    for k, h in zip(point, hv)}
+
+        g, residual = _batched_conjugate_gradient(matvec, query_grad, self.cg_steps)
+        return g, {**{k: v.detach() for k, v in query.items()}, "cg_residual": residual}
+
     # --- the implicit meta-gradient ---------------------------------------------------------------
     def _task_gradient(self, phi, x_tr, y_tr, x_ts, y_ts):
         """(I(1 + damping) + H/λ)^{-1} ∇φ L(φ, D^ts) for one task, with its query metrics."""
@@ -180,8 +256,11 @@ class IMAML(NetworkLearner, GradientLearner):
         loss (and accuracy) at φ_i, CG's relative residual, the inner gradient norm."""
         with torch.no_grad():
             phi, inner_norm = self.solve_inner(theta, batch)
-            grads, info = map_tasks(self._task_gradient, self._execution(batch), (),
-                                    (phi, batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
+            if self._batched(batch):
+                grads, info = self._batched_task_gradients(phi, batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts)
+            else:
+                grads, info = map_tasks(self._task_gradient, self._execution(batch), (),
+                                        (phi, batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
         info["inner_grad_norm"] = inner_norm
         mean = {k: v.mean(0) for k, v in grads.items()}
         self._check(mean, info["cg_residual"])
@@ -259,3 +338,39 @@ def _check_nonnegative(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+def _per_task(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-task value [tasks] shaped to broadcast against a stacked tensor [tasks, ...]."""
+    return value.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _batched_dot(a, b) -> torch.Tensor:
+    """Per-task dot products [tasks] of two dicts of stacked tensors."""
+    return sum((a[k] * b[k]).flatten(1).sum(1) for k in a)
+
+
+def _norms(g) -> torch.Tensor:
+    return _batched_dot(g, g).sqrt()
+
+
+def _batched_conjugate_gradient(matvec, b, steps: int):
+    """:func:`mlcourse.linalg.conjugate_gradient` run for every task at once on stacked dicts:
+    each task has its own coefficients and stops at its own non-positive curvature."""
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r, p = dict(b), dict(b)
+    rr = _batched_dot(r, r)
+    active = rr > 0
+    for _ in range(steps):
+        ap = matvec(p)
+        pap = _batched_dot(p, ap)
+        active = active & (pap > 0)
+        alpha = torch.where(active, rr / torch.where(active, pap, 1), 0)
+        x = {k: x[k] + _per_task(alpha, x[k]) * p[k] for k in x}
+        r = {k: r[k] - _per_task(alpha, r[k]) * ap[k] for k in r}
+        rr_new = _batched_dot(r, r)
+        active = active & (rr_new > 0)
+        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, 1), 0)
+        p = {k: r[k] + _per_task(beta, p[k]) * p[k] for k in p}
+        rr = rr_new
+    return x, rr.sqrt() / _batched_dot(b, b).sqrt().clamp_min(1e-30)
