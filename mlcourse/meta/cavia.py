@@ -175,13 +175,6 @@ class CAVIA(NetworkLearner, GradientLearner):
         return {**{k: v.expand(n, *v.shape) for k, v in theta.items()}, CONTEXT: contexts}
 
     # --- the meta-objective -------------------------------------------------------------------------
-    def meta_loss(self, theta: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(1/n) Σ_i L(θ, c_i(θ), D_i^ts), differentiable in θ, and the per-task metrics (detached)."""
-        self.check_batch(theta, batch)
-        per_task = map_tasks(self._task, self._execution(batch), (theta,),
-                             (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
-        return per_task["loss"].mean(), {k: v.detach() for k, v in per_task.items()}
-
     def meta_gradient(self, theta: Params, batch: TaskBatch) -> MetaGradient:
         """∇θ of the meta-loss through the context's adaptation, and the per-task metrics."""
         self.check_batch(theta, batch)
@@ -223,5 +216,3 @@ class CAVIA(NetworkLearner, GradientLearner):
         return (f"CAVIA's context step α = {self.inner_lr} may be too large for this network: try a smaller α "
                 "(or fewer inner steps).")
 
-    def _execution(self, batch: TaskBatch) -> str:
-        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)

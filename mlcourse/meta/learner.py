@@ -135,6 +135,28 @@ class NetworkLearner(Learner):
         device = runtime.device() if device is None else runtime.check_device(device)
         return init_params(self.net, device, runtime.check_dtype(dtype))
 
+    def meta_loss(self, theta: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(1/n) Σ_i of each task's query loss (:meth:`_task`), differentiable in θ, and the per-task
+        metrics (detached). Keeps every task's graph until the caller's backward, so
+        :meth:`meta_gradient` is cheaper; this is for objectives built on top of it."""
+        from .functional import map_tasks
+
+        self.check_batch(theta, batch)
+        per_task = map_tasks(self._task, self._execution(batch), (theta,),
+                             (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
+        return per_task["loss"].mean(), {k: v.detach() for k, v in per_task.items()}
+
+    def _task(self, theta: Params, x_tr, y_tr, x_ts, y_ts) -> dict[str, torch.Tensor]:
+        """One task's term of the meta-objective: {"loss": ..., and other metrics} on D^ts."""
+        raise NotImplementedError(f"{type(self).__name__} defines no per-task objective")
+
+    def _execution(self, batch: TaskBatch) -> str:
+        """How a batch's tasks run (vmap, loop or batched): the network, the device and the examples
+        per task decide (:func:`mlcourse.meta.functional.choose_execution`)."""
+        from .functional import choose_execution
+
+        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
+
     def check_batch(self, params: Params, batch: TaskBatch) -> None:
         """A clear error when a task batch cannot meet the network's parameters."""
         if not isinstance(batch, TaskBatch):

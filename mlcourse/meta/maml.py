@@ -151,5 +151,3 @@ class MAML(NetworkLearner, GradientLearner):
         return (f"MAML's inner learning rate α = {self.inner_lr} may be too large for this task family: "
                 "try a smaller α (or fewer inner steps).")
 
-    def _execution(self, batch: TaskBatch) -> str:
-        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)

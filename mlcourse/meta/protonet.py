@@ -33,7 +33,7 @@ from torch import nn
 
 from ..nets import Conv4, Params, forward
 from ..tasks import Task, TaskBatch
-from .functional import choose_execution, map_tasks, mean_gradient
+from .functional import map_tasks, mean_gradient
 from .learner import MetaGradient, NetworkLearner
 
 DISTANCES = ("squared_euclidean", "cosine")
@@ -146,8 +146,6 @@ class ProtoNet(NetworkLearner):
         logits = classify(z_tr, y_tr, z_ts, self.distance)
         return {"loss": F.cross_entropy(logits, y_ts), "accuracy": (logits.argmax(-1) == y_ts).float().mean()}
 
-    def _execution(self, batch: TaskBatch) -> str:
-        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
 
     # --- the learner interface -------------------------------------------------------------------------
     def adapt(self, theta: Params, batch: Task | TaskBatch, steps: int | None = None) -> torch.Tensor:
@@ -169,13 +167,6 @@ class ProtoNet(NetworkLearner):
             return one(theta, batch.x_tr, batch.y_tr, batch.x_ts)
         self.check_batch(theta, batch)
         return map_tasks(one, self._execution(batch), (theta,), (batch.x_tr, batch.y_tr, batch.x_ts))
-
-    def meta_loss(self, theta: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(1/n) Σ_i L(θ, D_i^tr, D_i^ts), differentiable in θ, and the per-task metrics (detached)."""
-        self.check_batch(theta, batch)
-        per_task = map_tasks(self._task, self._execution(batch), (theta,),
-                             (batch.x_tr, batch.y_tr, batch.x_ts, batch.y_ts))
-        return per_task["loss"].mean(), {k: v.detach() for k, v in per_task.items()}
 
     def meta_gradient(self, theta: Params, batch: TaskBatch) -> MetaGradient:
         """∇θ of the mean query cross-entropy through the prototypes, and per-task loss and accuracy."""
