@@ -83,7 +83,7 @@ def test_runs_end_to_end_at_the_quick_scale_on_the_same_test_episodes(omniglot):
     assert [r.train_ways for r in runs] == list(settings.compare_ways)
     for run in runs:
         its, values = run.curve
-        assert its[-1] == settings.episodes and len(its) == len(values) >= 2
+        assert its[0] == 0 and its[-1] == settings.episodes and len(its) == len(values) >= 3
         assert all(0 <= v <= 1 for v in values)
         assert run.test.shape == (settings.test_episodes,) and run.seconds > 0
         assert 0 <= run.mean_ci[0] <= 1

@@ -178,6 +178,7 @@ def train_protonet(settings: ProtoNetSettings, device, train_ways: int | None = 
         val = SeededSampler(samplers["val"], seed=test_seed + 1)
         return {"accuracy": float(accuracy(protonet, theta, val, s.val_episodes).mean())}
 
+    before = validate(0)["accuracy"]     # the untrained embedding: where the curve starts
     history = train.fit(step, episodes, log_every=max(1, episodes // 20), evaluate=validate,
                         eval_every=max(1, episodes // s.curve_points), progress=progress,
                         desc=label or f"ProtoNet {ways}-way", hint=protonet.divergence_hint(),
@@ -185,7 +186,7 @@ def train_protonet(settings: ProtoNetSettings, device, train_ways: int | None = 
     its, values = history.curve("accuracy", "eval")
     test = accuracy(protonet, theta, SeededSampler(samplers["test"], seed=test_seed), s.test_episodes)
     return Run(label or f"{ways}-way, {distance}", ways, episodes, distance, theta,
-               (its.tolist(), values.tolist()), test, history.seconds)
+               ([0, *its.tolist()], [before, *values.tolist()]), test, history.seconds)
 
 
 def pixel_baseline(settings: ProtoNetSettings, device, omniglot=None, test_seed: int = 1000,
