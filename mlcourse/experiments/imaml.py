@@ -132,7 +132,7 @@ def imaml_omniglot(settings: OmniglotSettings, device) -> dict:
 class ManyStepsSettings(Settings):
     """iMAML against MAML where more adaptation pays: sinusoids with MAML's α = 0.01, where MAML's
     error after adaptation keeps falling as its inner steps grow (the book's experiment; the paper
-    measures memory against inner steps, its Figure 2). λ = 4 ≈ 1/(kα) for the long MAML run's
+    has no sinusoid experiment). λ = 4 ≈ 1/(kα) for the long MAML run's
     25 steps of 0.01, so that both adapt about as far. iMAML solves its inner problem with the
     monotone solver (per-task steps, never raising the objective) for 100 steps: with λ = 4 the
     flat directions close a fraction λ·step per step, so many steps are needed, and its memory
