@@ -29,3 +29,26 @@ def discriminative_rates_cases():
         theta = init_params(net, "cpu")
         yield Case(f"{type(net).__name__}, α = {alpha}, decay = {decay}", args=(theta, alpha, decay),
                    reference=reference, compare=compare)
+
+
+@exercise("transfer.one_step_head", chapter="03_transfer", title="one gradient step from a zero head",
+          function="one_step_head", references=("mlcourse.meta.finetune.new_head",),
+          hint="at W = 0, b = 0 the softmax is uniform, so the logits' gradient of example i is 1/N − e_{y_i}; "
+               "sum it against the features and collect the terms of each class: row c of W_1 is "
+               "α/N · (μ_c − μ̄) with μ_c the class mean and μ̄ the mean of all features, and b_1 = 0.")
+def one_step_head_cases():
+    import torch
+    import torch.nn.functional as F
+
+    def reference(features, y, ways, alpha):
+        start = (torch.zeros(ways, features.shape[1], dtype=features.dtype),
+                 torch.zeros(ways, dtype=features.dtype))
+        g = torch.func.grad(lambda p: F.cross_entropy(features @ p[0].T + p[1], y))(start)
+        return start[0] - alpha * g[0], start[1] - alpha * g[1]
+
+    generator = torch.Generator().manual_seed(3)
+    for ways, shots, dim, alpha in [(5, 1, 8, 0.5), (5, 5, 16, 0.1), (3, 4, 6, 2.0)]:
+        features = torch.randn(ways * shots, dim, generator=generator, dtype=torch.float64).relu()
+        y = torch.arange(ways).repeat(shots)[torch.randperm(ways * shots, generator=generator)]
+        yield Case(f"N = {ways}, K = {shots}, {dim} features, α = {alpha}", args=(features, y, ways, alpha),
+                   reference=reference, rtol=1e-6, atol=1e-9)
