@@ -58,6 +58,82 @@ class CheetahSettings(NavigationSettings):
                         "eval_tasks": 2}}
 
 
+@dataclass(frozen=True)
+class ChapterSettings(NavigationSettings):
+    """Chapter 9's runs on 2D navigation, with the paper's settings as defaults (those of
+    :class:`NavigationSettings`) and the details the chapter names besides.
+
+    TRPO's conjugate gradient (10 steps, damping 1e-5) and line search (factor 0.8, 15 tries) are
+    rllab's, which the reference code uses. The evaluation follows Finn et al. 2017, appendix A.2:
+    α for the first test-time step, α/2 for every later one, up to three steps, on 40 new goals (the
+    reference code's test script). The Adam rate of the chapter's comparison has no paper value.
+    The half-cheetah fields size the chapter's demonstration (the paper: meta-batch 40, 20
+    trajectories, T = 200)."""
+
+    iterations: int = 500
+    cg_iters: int = 10
+    cg_damping: float = 1e-5          # added to F in the conjugate gradient: F + 1e-5 I
+    backtrack: float = 0.8            # line search: shrink the step by this factor
+    line_search_steps: int = 15
+    eval_steps: int = 3               # test-time policy-gradient steps
+    eval_later_lr_factor: float = 0.5  # α·factor after the first test-time step (paper, A.2)
+    adam_lr: float = 3e-3             # the first-order comparison (the book's choice)
+    seed: int = 1
+    frames: int = 34                  # frames of the chapter's animation
+    cheetah_tasks: int = 40
+    cheetah_trajectories: int = 20
+    cheetah_horizon: int = 200
+    cheetah_iterations: int = 500
+
+    SCALES = {"book": {"iterations": 60, "hidden": (64, 64), "fisher_fraction": 0.25, "cheetah_tasks": 5,
+                       "cheetah_trajectories": 5, "cheetah_iterations": 3},
+              "quick": {"iterations": 2, "tasks": 5, "trajectories": 5, "hidden": (64, 64), "eval_tasks": 6,
+                        "frames": 8, "cheetah_tasks": 2, "cheetah_trajectories": 2, "cheetah_horizon": 20,
+                        "cheetah_iterations": 1}}
+
+
+def adaptation_curves(learner, thetas: dict, tasks: torch.Tensor, schedules: dict, trajectories=None) -> dict:
+    """Mean return on every task after 0, 1, ..., k policy-gradient steps, for every policy of
+    ``thetas`` ({name: θ}) under every step-size schedule of ``schedules`` ({name: (α_1, ..., α_k)},
+    all of one length k): {(policy, schedule): [tasks, k + 1]}.
+
+    Each step samples fresh trajectories of the current policy and takes one step of its
+    schedule's size, as :meth:`MAMLRL.adaptation_curve` does with one size for every step. All the
+    (policy, schedule) pairs run as one batch of tasks, so the cost is that of k + 1 roll-outs
+    whatever their number (a roll-out costs about as much for a few tasks as for a few hundred on
+    a CPU). ``schedules={"paper": (α, α/2, α/2)}`` is the evaluation of Finn et al. (2017, A.2)."""
+    from ..rl.rollout import rollout
+
+    lengths = {len(rates) for rates in schedules.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every schedule must have the same number of steps, got {sorted(lengths)}.")
+    steps, n = lengths.pop(), learner.trajectories if trajectories is None else trajectories
+    pairs = [(name, schedule) for name in thetas for schedule in schedules]
+    per = tasks.shape[0]
+    params = {k: torch.cat([thetas[name][k].detach().expand(per, *thetas[name][k].shape) for name, _ in pairs])
+              for k in next(iter(thetas.values()))}
+    rates = torch.tensor([[schedules[schedule][j] for _, schedule in pairs] for j in range(steps)],
+                         dtype=tasks.dtype, device=tasks.device).repeat_interleave(per, dim=1)
+    all_tasks = tasks.repeat(len(pairs), *([1] * (tasks.dim() - 1)))
+    curve = []
+    for j in range(steps + 1):
+        traj = rollout(learner.env, learner.policy, params, all_tasks, n, per_task=True)
+        curve.append(traj.returns.mean(1))
+        if j < steps:  # φ + α_j ∇V̂(φ), with one α_j per task: the step of size 1 gives ∇V̂
+            moved = learner.inner_step(params, traj, per_task=True, lr=1.0)
+            params = {k: (v + rates[j].view(-1, *([1] * (v.dim() - 1))) * (moved[k] - v)).detach()
+                      for k, v in params.items()}
+    curve = torch.stack(curve, 1)
+    return {pair: curve[i * per:(i + 1) * per] for i, pair in enumerate(pairs)}
+
+
+def evaluation_rates(settings: ChapterSettings, steps: int | None = None, halve: bool = True) -> tuple:
+    """The test-time step sizes: α, then α·eval_later_lr_factor (``halve``) or α again."""
+    steps = settings.eval_steps if steps is None else steps
+    later = settings.inner_lr * (settings.eval_later_lr_factor if halve else 1.0)
+    return tuple([settings.inner_lr] + [later] * (steps - 1))[:steps]
+
+
 def _metric(values: torch.Tensor, paper=None, unit="return") -> dict:
     mean, half = mean_ci95(values.detach().cpu())
     return {"value": float(mean), "ci95": float(half), "paper": paper, "unit": unit}
