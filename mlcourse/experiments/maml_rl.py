@@ -6,6 +6,10 @@ the re-run of MAML-TRPO in Raghu et al. (2020, ANIL): average return after one a
 
     python -m mlcourse.reproduce maml-rl-navigation            # GPU: a few minutes
     python -m mlcourse.reproduce maml-rl-cheetah-velocity      # MuJoCo on the CPU: hours, see notes
+
+Chapter 9 reads :class:`ChapterSettings` (the navigation settings with TRPO's and the evaluation's
+details) and evaluates with :func:`adaptation_curves`, every policy under every step-size schedule
+in one batch, the paper's schedule being :func:`evaluation_rates` (α, then α/2).
 """
 
 from __future__ import annotations
