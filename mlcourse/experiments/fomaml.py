@@ -114,7 +114,7 @@ class CostSettings(Settings):
     omniglot_tasks: int = 4
     repeats: int = 3
     methods: tuple = ("maml", "fomaml", "reptile")
-    SCALES = {"book": {"steps": (1, 2, 4, 6, 8, 10)}, "quick": {"steps": (1, 2, 3), "repeats": 1}}
+    SCALES = {"book": {"steps": (1, 2, 4, 6, 8, 10)}, "quick": {"steps": (1, 3), "repeats": 1}}
 
 
 def cost_curves(settings: CostSettings, device) -> dict[tuple[str, str], list[tuple[int, float, int | None]]]:
