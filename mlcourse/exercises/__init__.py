@@ -8,7 +8,7 @@ from .core import (EXERCISES, RECIPES, Built, Case, Exercise, Observation, Verdi
                    judge, observe, recipe)
 
 CHAPTER_MODULES = ("tasks", "multitask", "transfer", "blackbox", "maml", "fomaml", "reptile", "imaml", "maml_rl",
-                   "maml_family")
+                   "maml_family", "metric")
 
 
 def load_all() -> dict:
