@@ -5,7 +5,8 @@ Colab renders Markdown but not MyST, so in the chapters as committed it would sh
   {cite}`finn2017maml`            -> [Finn et al. (2017)](<book>/book/references.html)
   {doc}`05_maml`                  -> [MAML](<book>/chapters/05_maml.html)   (the page's title)
   ```{note} ... ```, :::{tip}     -> a blockquote headed by the admonition's title
-  {glue:}`name`, ```{glue:figure} -> "(see the book)": the number or figure is in the hosted book
+  {glue:}`name`, ```{glue:figure} -> "(see the book)": the number is in the hosted book; a figure
+                                     is drawn in the output of its code cell (mlcourse.book.glue)
   (label)= targets, {numref}/{ref} -> removed / their text
 and puts a line on top that links the chapter's page in the hosted book. Code cells are untouched.
 
@@ -132,7 +133,7 @@ class Converter:
             quoted = "\n".join(f"> {ln}" if ln else ">" for ln in body.splitlines())
             return f"> **{title}**\n>\n{quoted}" if title else quoted
         if name.startswith("glue"):
-            return f"> *A figure of the chapter, drawn from its run: see the book.* {body}".rstrip()
+            return f"> *A figure of the chapter: the code cell above draws it (see the book for its number).* {body}".rstrip()
         if name == "math":
             return f"$$\n{body}\n$$"
         if name in ("code", "code-block", "code-cell"):
