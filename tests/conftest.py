@@ -17,6 +17,13 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _checkpoints_outside_the_checkout(tmp_path, monkeypatch):
+    """Reproductions checkpoint into ./checkpoints by default; a test run must leave nothing there
+    that a later run (or the user's own run) would refuse to overwrite."""
+    monkeypatch.setenv("MLCOURSE_CHECKPOINTS", str(tmp_path / "checkpoints"))
+
+
 @pytest.fixture(scope="session")
 def omniglot_dir() -> Path:
     """The folder with the two official Omniglot zips, $MLCOURSE_DATA/omniglot (make sets

@@ -104,6 +104,9 @@ WRONG = {
     "reptile.step": lambda theta, phis, beta: {k: theta[k] - beta * (phis[k] - theta[k]).mean(0) for k in theta},
     "imaml.cg": _wrong_cg,
     "maml_rl.dice": lambda logp, adv, mask: (logp * adv * mask).sum() / mask.sum(),   # plain surrogate: wrong Hessian
+    "transfer.one_step_head": lambda features, y, ways, alpha: (   # forgets to subtract the mean of all features
+        alpha / ways * torch.stack([features[y == c].mean(0) for c in range(ways)]),
+        torch.zeros(ways, dtype=features.dtype)),
     "tasks.sample_episodes": _wrong_episodes,
     "maml_family.linear_cka": _wrong_cka,
     "maml_family.msl_weights": lambda steps, progress: [1 / steps] * steps,      # no annealing
