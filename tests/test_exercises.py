@@ -107,6 +107,10 @@ WRONG = {
     "transfer.one_step_head": lambda features, y, ways, alpha: (   # forgets to subtract the mean of all features
         alpha / ways * torch.stack([features[y == c].mean(0) for c in range(ways)]),
         torch.zeros(ways, dtype=features.dtype)),
+    "metric.prototype_logits": lambda z_tr, y_tr, z_ts, ways: -torch.cdist(   # the distance, not its square
+        z_ts, torch.stack([z_tr[y_tr == k].mean(0) for k in range(ways)])),
+    "metric.linear_head": lambda z_tr, y_tr, ways: (lambda c: (c, -c.pow(2).sum(-1)))(   # w = c, not 2c
+        torch.stack([z_tr[y_tr == k].mean(0) for k in range(ways)])),
     "tasks.sample_episodes": _wrong_episodes,
     "maml_family.linear_cka": _wrong_cka,
     "maml_family.msl_weights": lambda steps, progress: [1 / steps] * steps,      # no annealing

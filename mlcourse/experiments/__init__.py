@@ -51,4 +51,4 @@ def experiment(name: str, title: str, paper: str, gpu_minutes: float, settings: 
 
 
 # The chapters' experiment modules register themselves on import (after `experiment` exists).
-from . import blackbox, imaml, maml, maml_family, maml_rl, reptile  # noqa: E402,F401
+from . import blackbox, imaml, maml, maml_family, maml_rl, metric, reptile  # noqa: E402,F401
