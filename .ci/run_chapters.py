@@ -65,11 +65,21 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
     else:
         cwd = tempfile.mkdtemp(prefix=f"{path.stem}-", dir=cwd_root)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
-                            record_timing=False)
     began = time.perf_counter()
     try:
-        client.execute()
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
+                           record_timing=False).execute()
+        except CellTimeoutError:
+            # Rarely a kernel stops answering (its cell done, the client never told): start once more
+            # in a fresh kernel; a cell that is really too slow times out again and fails.
+            print(f"{path.name}: a cell ran past {timeout} s; running the chapter once more in a new kernel",
+                  flush=True)
+            for cell in nb.cells:
+                if cell.cell_type == "code":
+                    cell.outputs, cell.execution_count = [], None
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
+                           record_timing=False).execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
         failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and
                   any(o.get("output_type") == "error" for o in c.get("outputs", []))]
