@@ -48,3 +48,16 @@ def test_with_myst_nb_the_value_goes_to_its_glue(monkeypatch, shown):
     finally:
         book._myst_glue.cache_clear()
     assert calls == [("ch00-x", 1.5, False)] and not shown
+
+
+def test_a_markdown_table_is_glued_as_markdown_and_as_text():
+    """{glue:md} needs text/markdown, {glue:text} text/plain: a table string gets both."""
+    import IPython.core.formatters
+
+    import mlcourse.book as module
+
+    table = "| a | b |\n| --- | --- |\n| 1 | 2 |"
+    bundle, _ = IPython.core.formatters.format_display_data(module._Table(table))
+    assert bundle["text/markdown"] == table and bundle["text/plain"] == repr(table)
+    plain, _ = IPython.core.formatters.format_display_data("far below")
+    assert "text/markdown" not in plain
