@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ def colab_setup(source: str, requirement: str) -> str:
 
 def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, timeout: int) -> float:
     import nbformat
+    from jupyter_client import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -65,11 +67,23 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
     else:
         cwd = tempfile.mkdtemp(prefix=f"{path.stem}-", dir=cwd_root)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    def execute():
+        # IPC sockets in a folder of this run's own: kernels started at the same moment on TCP can
+        # pick the same free port, and one of them then waits forever for a reply.
+        sockets = tempfile.mkdtemp(prefix="kernel-")
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "k"))
+        try:
+            NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": cwd}},
+                           record_timing=False).execute()
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
+            shutil.rmtree(sockets, ignore_errors=True)
+
     began = time.perf_counter()
     try:
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
-                           record_timing=False).execute()
+            execute()
         except CellTimeoutError:
             # Rarely a kernel stops answering (its cell done, the client never told): start once more
             # in a fresh kernel; a cell that is really too slow times out again and fails.
@@ -78,8 +92,7 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
             for cell in nb.cells:
                 if cell.cell_type == "code":
                     cell.outputs, cell.execution_count = [], None
-            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
-                           record_timing=False).execute()
+            execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
         failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and
                   any(o.get("output_type") == "error" for o in c.get("outputs", []))]
