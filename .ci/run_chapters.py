@@ -130,6 +130,7 @@ def main(argv=None) -> int:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     workers = min(args.jobs, len(args.notebooks))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    os.environ.setdefault("MLCOURSE_BOOK_OUTPUTS", "1")  # mlcourse.book.glue: record for the book, show nothing twice
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger, quiet about frozen modules
     record = args.out / DURATIONS
     durations = json.loads(record.read_text()) if record.exists() else {}

@@ -1,15 +1,22 @@
-"""The book's glue: myst-nb's ``glue`` where the book is built, the cell's own output elsewhere.
+"""The book's glue: myst-nb's ``glue`` where it is installed, the same record written here where it
+is not, and on Colab the figures shown in the cell's output.
 
-A chapter inserts what it computes into its prose with myst-nb's ``glue`` and the ``{glue:...}``
-roles, so that the text is right at every scale. Where myst-nb is not installed (Colab, a plain
-Jupyter) there is no book page to insert into: figures and Markdown tables are shown in the cell's
-output instead, so that a reader sees every result, and other values are shown only when asked
-(``display=True``).
+A chapter inserts what it computes into its prose with ``glue`` and the ``{glue:...}`` roles, so
+that the text is right at every scale. Without myst-nb (Colab, a plain Jupyter, the Colab-like test
+environment) this module writes the record myst-nb would (hidden outputs whose MIME types carry
+myst-nb's prefix, named in the output's ``scrapbook`` metadata), so executed notebooks still build
+the book. A reader there has no book page, so figures and Markdown tables are also shown in the
+cell's output, except where the outputs are made for the book (``MLCOURSE_BOOK_OUTPUTS=1``, set
+by the chapter runner), which would show them twice.
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
+
+# myst-nb's prefix for the MIME types of a hidden glued output (myst_nb.ext.glue.GLUE_PREFIX).
+GLUE_PREFIX = "application/papermill.record/"
 
 
 @cache
@@ -21,6 +28,18 @@ def _myst_glue():
     return glue
 
 
+def _record(name: str, value, display: bool = True) -> None:
+    """The output myst-nb's glue writes: the value's MIME bundle (prefixed when hidden) with the
+    name in the output's ``scrapbook`` metadata."""
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as show
+
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    show({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
+
+
 def _is_table(value) -> bool:
     return isinstance(value, str) and value.lstrip().startswith("|")   # glued for {glue:md}
 
@@ -28,10 +47,8 @@ def _is_table(value) -> bool:
 def _shown_without_the_book(value) -> bool:
     from IPython.display import Markdown
 
-    if isinstance(value, Markdown):
+    if isinstance(value, (Markdown, _Table)):
         return True
-    if isinstance(value, str):
-        return _is_table(value)
     return type(value).__module__.startswith("matplotlib") and hasattr(value, "savefig")
 
 
@@ -50,15 +67,15 @@ class _Table:
 
 
 def glue(name: str, value, display: bool = True) -> None:
-    """``myst_nb.glue(name, value, display)`` when myst-nb is installed (a string holding a Markdown
-    table is glued as Markdown too); otherwise show ``value`` in the cell's output if it is a figure
-    or a Markdown table, or if ``display`` is true."""
+    """Glue ``value`` under ``name`` for the book (a string holding a Markdown table is glued as
+    Markdown too); without myst-nb, also show a hidden figure or table in the cell's output unless
+    the outputs are made for the book."""
+    value = _Table(value) if _is_table(value) else value
     myst = _myst_glue()
-    if myst is not None:
-        myst(name, _Table(value) if _is_table(value) else value, display=display)
-        return
-    if display or _shown_without_the_book(value):
+    (myst or _record)(name, value, display=display)
+    if (myst is None and not display and os.environ.get("MLCOURSE_BOOK_OUTPUTS") != "1"
+            and _shown_without_the_book(value)):
         from IPython.display import Markdown
         from IPython.display import display as show
 
-        show(Markdown(value) if isinstance(value, str) else value)
+        show(Markdown(value.text) if isinstance(value, _Table) else value)
