@@ -41,7 +41,9 @@ def _record(name: str, value, display: bool = True) -> None:
 
 
 def _is_table(value) -> bool:
-    return isinstance(value, str) and value.lstrip().startswith("|")   # glued for {glue:md}
+    """A Markdown table, or one inside a MyST table directive (numbered, with a caption): what the
+    chapters glue for ``{glue:md}``."""
+    return isinstance(value, str) and value.lstrip().startswith(("|", "```{table}", ":::{table}"))
 
 
 def _shown_without_the_book(value) -> bool:
@@ -53,7 +55,7 @@ def _shown_without_the_book(value) -> bool:
 
 
 class _Table:
-    """A Markdown table glued as Markdown (for ``{glue:md}``) and as its plain text (for
+    """A table glued as Markdown (for ``{glue:md}``) and as its plain text (for
     ``{glue:text}``): a bare string would be glued as plain text only."""
 
     def __init__(self, text: str):

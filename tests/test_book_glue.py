@@ -87,3 +87,5 @@ def test_a_markdown_table_is_glued_as_markdown_and_as_text():
     assert bundle["text/markdown"] == TABLE and bundle["text/plain"] == repr(TABLE)
     plain, _ = IPython.core.formatters.format_display_data("far below")
     assert "text/markdown" not in plain
+    assert book._is_table(TABLE) and book._is_table(f"```{{table}} A caption.\n:name: t\n\n{TABLE}\n```")
+    assert not book._is_table("far below") and not book._is_table(0.5)
