@@ -49,8 +49,10 @@ def _is_table(value) -> bool:
 def _shown_without_the_book(value) -> bool:
     from IPython.display import Markdown
 
-    if isinstance(value, (Markdown, _Table)):
-        return True
+    return isinstance(value, (Markdown, _Table)) or _is_figure(value)
+
+
+def _is_figure(value) -> bool:
     return type(value).__module__.startswith("matplotlib") and hasattr(value, "savefig")
 
 
@@ -81,3 +83,7 @@ def glue(name: str, value, display: bool = True) -> None:
         from IPython.display import display as show
 
         show(Markdown(value.text) if isinstance(value, _Table) else value)
+    if _is_figure(value):   # shown by the book (or above); left open, the cell would show it again
+        import matplotlib.pyplot as plt
+
+        plt.close(value)

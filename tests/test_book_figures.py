@@ -28,8 +28,8 @@ def unnumbered_images(html: str) -> list[str]:
     for img in main.find_all("img"):
         if img.find_parent(class_="animation") or img.find_parent(id=lambda i: bool(i) and i.startswith("_anim")):
             continue  # the frames of an animation player
-        if "logo" in " ".join(img.get("class", [])):
-            continue
+        if "logo" in " ".join(img.get("class", [])) or img.find_parent(class_="btn"):
+            continue  # the page's logos and the icons of its buttons (the Colab launch button)
         figure = img.find_parent("figure")
         caption = figure.find("figcaption") if figure else None
         number = caption.find(class_="caption-number") if caption else None

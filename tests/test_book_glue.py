@@ -58,6 +58,7 @@ def test_outputs_made_for_the_book_show_nothing_twice(without_myst, shown, monke
     book.glue("fig", fig, display=False)
     plt.close(fig)
     assert [kw.get("raw") for _, kw in shown] == [True]
+    assert not plt.fignum_exists(fig.number)   # glued figures are closed, so the cell does not show them again
 
 
 def test_the_record_matches_myst_nbs_own():
