@@ -131,15 +131,15 @@ $(COLAB)/env/.installed: $(COLAB_CONSTRAINTS) $(VENV)/.installed
 # Every chapter once, as "Run all" on Colab: the package installed from the wheel beside Colab's
 # packages (the constraints make replacing one an error), each chapter in an empty folder outside
 # the checkout, its set-up cell installing the wheel. The executed copies feed the quick book.
-# A quick-scale cell takes seconds: 600 s per cell bounds a kernel that stops answering (the
-# runner then starts the chapter once more in a new kernel).
+# A quick-scale cell takes seconds: 180 s per cell bounds a kernel that stops answering (the
+# runner then starts the chapter again in a new kernel, three runs at most).
 chapters: $(COLAB)/env/.installed colab-wheel
 	wheel="file://$$(ls $(abspath $(COLAB))/dist/mlcourse-*.whl)"; \
 	$(UV) pip install --quiet --python $(COLAB_PY) -c $(COLAB_CONSTRAINTS) --reinstall-package mlcourse \
 	  "mlcourse[rl] @ $$wheel"; \
 	$(UV) pip check --python $(COLAB_PY); \
 	rm -rf $(QUICK)/executed; cd "$$(mktemp -d)"; \
-	MLCOURSE_QUICK=1 $(abspath $(COLAB_PY)) $(abspath .ci/run_chapters.py) --jobs $(JOBS) --timeout 600 --cwd . \
+	MLCOURSE_QUICK=1 $(abspath $(COLAB_PY)) $(abspath .ci/run_chapters.py) --jobs $(JOBS) --timeout 180 --cwd . \
 	  --colab-install "$$wheel" --out $(abspath $(QUICK)/executed) $(abspath $(wildcard chapters/*.ipynb))
 
 # The package's command-line tools that write files, run from the Colab-like environment.
