@@ -56,3 +56,18 @@ def test_stops_at_the_first_direction_of_non_positive_curvature():
 def test_refuses_a_non_positive_number_of_steps():
     with pytest.raises(ValueError, match="conjugate-gradient steps must be an int >= 1"):
         conjugate_gradient(lambda z: z, {"x": torch.ones(2)}, 0)
+
+
+def test_stacked_systems_are_each_solved_as_on_their_own():
+    """batch_dims=1: every task's system gets the iterates, stop and residual it gets alone."""
+    torch.manual_seed(0)
+    tasks, n = 4, 5
+    m = torch.randn(tasks, n, n, dtype=torch.float64)
+    a = m @ m.transpose(1, 2) + torch.eye(n, dtype=torch.float64)
+    a[2] = -a[2]                                   # one system with negative curvature stops at once
+    b = {"w": torch.randn(tasks, n, dtype=torch.float64)}
+    x, residual = conjugate_gradient(lambda v: {"w": (a @ v["w"][..., None])[..., 0]}, b, 3, batch_dims=1)
+    for i in range(tasks):
+        xi, ri = conjugate_gradient(lambda v: {"w": a[i] @ v["w"]}, {"w": b["w"][i]}, 3)
+        torch.testing.assert_close(x["w"][i], xi["w"], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(residual[i], ri, rtol=1e-12, atol=1e-12)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import grad, grad_and_value, jvp
 
 from ..checks import check_count, check_positive
-from ..linalg import conjugate_gradient
+from ..linalg import conjugate_gradient, dot
 from ..nets import Params
 from ..tasks import Task, TaskBatch
 from .functional import (adaptation_curve, batched_loss, choose_execution, map_tasks, sgd_steps,
@@ -235,7 +235,7 @@ class IMAML(NetworkLearner, GradientLearner):
             return {k: (1 + self.damping) * v[k] + (0 if h is None else h.detach()) / self.lam
                     for k, h in zip(point, hv)}
 
-        g, residual = _batched_conjugate_gradient(matvec, query_grad, self.cg_steps)
+        g, residual = conjugate_gradient(matvec, query_grad, self.cg_steps, batch_dims=1)
         return g, {**{k: v.detach() for k, v in query.items()}, "cg_residual": residual}
 
     # --- the implicit meta-gradient ---------------------------------------------------------------
@@ -347,30 +347,8 @@ def _per_task(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _batched_dot(a, b) -> torch.Tensor:
     """Per-task dot products [tasks] of two dicts of stacked tensors."""
-    return sum((a[k] * b[k]).flatten(1).sum(1) for k in a)
+    return dot(a, b, batch_dims=1)
 
 
 def _norms(g) -> torch.Tensor:
     return _batched_dot(g, g).sqrt()
-
-
-def _batched_conjugate_gradient(matvec, b, steps: int):
-    """:func:`mlcourse.linalg.conjugate_gradient` run for every task at once on stacked dicts:
-    each task has its own coefficients and stops at its own non-positive curvature."""
-    x = {k: torch.zeros_like(v) for k, v in b.items()}
-    r, p = dict(b), dict(b)
-    rr = _batched_dot(r, r)
-    active = rr > 0
-    for _ in range(steps):
-        ap = matvec(p)
-        pap = _batched_dot(p, ap)
-        active = active & (pap > 0)
-        alpha = torch.where(active, rr / torch.where(active, pap, 1), 0)
-        x = {k: x[k] + _per_task(alpha, x[k]) * p[k] for k in x}
-        r = {k: r[k] - _per_task(alpha, r[k]) * ap[k] for k in r}
-        rr_new = _batched_dot(r, r)
-        active = active & (rr_new > 0)
-        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, 1), 0)
-        p = {k: r[k] + _per_task(beta, p[k]) * p[k] for k in p}
-        rr = rr_new
-    return x, rr.sqrt() / _batched_dot(b, b).sqrt().clamp_min(1e-30)
