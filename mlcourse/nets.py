@@ -151,8 +151,10 @@ class _BatchNormMaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, eps):
-        var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=0, keepdim=True)
-        rstd = torch.rsqrt(var + eps)
+        # torch's batch-norm kernel gives μ and 1/σ ten times faster than var_mean over (0, 2, 3)
+        # on the CPU (measured on a channels-last [75, 64, 28, 28]); its normalised output is dropped.
+        _, mean, rstd = torch.native_batch_norm(h, None, None, None, None, True, 0.0, eps)
+        mean, rstd = mean.view(1, -1, 1, 1), rstd.view(1, -1, 1, 1)
         pooled, index = F.max_pool2d_with_indices(h, 2)
         flip = weight < 0
         if bool(flip.any()):  # decreasing channels take the 2×2 minimum
@@ -174,9 +176,11 @@ class _BatchNormMaxPool(torch.autograd.Function):
         grad_mean = -grad_pooled.sum(dims, keepdim=True)
         grad_var = -0.5 * rstd.pow(2) * (grad_pooled * centred).sum(dims, keepdim=True)
         slope = 2 * grad_var / n                                   # ∂L/∂σ² · ∂σ²/∂h = slope · (h − μ)
-        grad_h = torch.addcmul(grad_mean / n - slope * mean, h, slope)
-        b, c = h.shape[:2]
-        grad_h.view(b, c, -1).scatter_add_(2, index.reshape(b, c, -1), grad_pooled.reshape(b, c, -1))
+        # max-pool's own backward scatters to the maxima in h's memory layout (channels-last here);
+        # a scatter_add_ on an NCHW view of the same values ran 3.6 times slower.
+        grad_h = torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, h, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                                 False, index)
+        grad_h.addcmul_(h, slope).add_(grad_mean / n - slope * mean)
         return grad_h, grad_weight, grad_bias, None
 
 
