@@ -102,9 +102,6 @@ class IMAML(NetworkLearner, GradientLearner):
                 f"inner_solver={self.inner_solver}, cg_steps={self.cg_steps}, damping={self.damping}, "
                 f"loss={self.loss_kind})")
 
-    def _execution(self, batch: TaskBatch) -> str:
-        return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries)
-
     def _batched(self, batch: TaskBatch) -> bool:
         """Whether the inner solver and the implicit gradient run task-batched (MLP on the CPU)."""
         return choose_execution(self.execution, self.net, batch.device, batch.shots + batch.queries,
