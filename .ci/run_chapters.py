@@ -23,8 +23,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -42,8 +44,67 @@ FAKE_COLAB = ('import sys, types  # added by .ci/run_chapters.py: the kernel bel
               'sys.modules.setdefault("google.colab", types.ModuleType("google.colab"))\n')
 
 
+# A kernel that has used no CPU for this long while a cell runs has stopped reading its shell
+# socket (seen here under load, with ipykernel 6 and 7: it no longer answers even kernel_info).
+STALL_SECONDS = 180
+POLL_SECONDS = 10
+
+
 class ChapterFailed(Exception):
     pass
+
+
+def _cpu_seconds(root: int) -> float | None:
+    """CPU time of a process and all its descendants (Linux /proc), None where unreadable."""
+    try:
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    text = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                fields = text[text.rindex(")") + 2:].split()
+                stats[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    except OSError:
+        return None
+    if root not in stats:
+        return None
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(stats[pid][1] for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+class StallWatch(threading.Thread):
+    """Kills the kernel of ``client`` when its process tree uses no CPU for STALL_SECONDS, so that
+    nbclient reports a dead kernel at once instead of waiting for the cell's timeout."""
+
+    def __init__(self, client):
+        super().__init__(daemon=True)
+        self.client, self.fired, self.done = client, False, threading.Event()
+
+    def _pid(self):
+        provisioner = getattr(getattr(self.client, "km", None), "provisioner", None)
+        return getattr(provisioner, "pid", None)
+
+    def run(self):
+        last_cpu, last_change = None, time.monotonic()
+        while not self.done.wait(POLL_SECONDS):
+            pid = self._pid()
+            cpu = None if pid is None else _cpu_seconds(pid)
+            if cpu is None:
+                last_cpu, last_change = None, time.monotonic()
+                continue
+            if last_cpu is None or cpu - last_cpu > 0.5:
+                last_cpu, last_change = cpu, time.monotonic()
+            elif time.monotonic() - last_change > STALL_SECONDS:
+                self.fired = True
+                os.kill(pid, signal.SIGKILL)
+                return
 
 
 def colab_setup(source: str, requirement: str) -> str:
@@ -68,26 +129,43 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
         cwd = tempfile.mkdtemp(prefix=f"{path.stem}-", dir=cwd_root)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     def execute():
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
-                       record_timing=False).execute()
+        """Run the notebook; True when it ran, False when its kernel stalled and was stopped."""
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
+                                record_timing=False)
+        watch = StallWatch(client)
+        if sys.platform.startswith("linux"):
+            watch.start()
+        try:
+            client.execute()
+            return True
+        except DeadKernelError:
+            if watch.fired:
+                return False
+            raise
+        finally:
+            watch.done.set()
 
     began = time.perf_counter()
     try:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                execute()
-                break
+                if execute():
+                    break
+                # The kernel stopped answering with a cell done (see STALL_SECONDS): run again.
+                if attempt == ATTEMPTS:
+                    raise ChapterFailed(f"{path.name}: its kernel stalled {ATTEMPTS} times (no CPU used for "
+                                        f"{STALL_SECONDS} s while a cell ran)")
+                print(f"{path.name}: its kernel stalled; running the chapter again in a new kernel", flush=True)
             except CellTimeoutError:
-                # Sometimes a kernel here goes idle with its cell done and the client is never told
-                # (seen with chapter 9): start again in a fresh kernel; a cell that is really too slow
-                # times out every time and fails.
+                # A kernel can also go idle with its cell done while the client is never told: start
+                # again in a fresh kernel; a cell that is really too slow times out every time and fails.
                 if attempt == ATTEMPTS:
                     raise
                 print(f"{path.name}: a cell ran past {timeout} s; running the chapter again in a new kernel",
                       flush=True)
-                for cell in nb.cells:
-                    if cell.cell_type == "code":
-                        cell.outputs, cell.execution_count = [], None
+            for cell in nb.cells:
+                if cell.cell_type == "code":
+                    cell.outputs, cell.execution_count = [], None
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
         failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and
                   any(o.get("output_type") == "error" for o in c.get("outputs", []))]
