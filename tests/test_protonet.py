@@ -243,7 +243,7 @@ def test_bad_options_and_inputs_are_named():
         protonet.evaluate({}, batch)
     with pytest.raises(ValueError, match="holds torch.float32 inputs but θ is torch.float64"):
         protonet.evaluate(theta, batch.to("cpu", torch.float32))
-    with pytest.raises(ValueError, match="cannot embed inputs of shape"):
+    with pytest.raises(ValueError, match="cannot read inputs of shape"):
         protonet.evaluate(theta, episodes(size=(5,)))
     with pytest.raises(ValueError, match="integer class labels"):
         protonet.evaluate(theta, TaskBatch(batch.x_tr, batch.y_tr.double(), batch.x_ts, batch.y_ts))

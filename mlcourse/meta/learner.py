@@ -168,7 +168,13 @@ class NetworkLearner(Learner):
             raise TypeError(f"expected a Task, got {type(task).__name__}.")
         self._check_pair(params, task.x_tr.unsqueeze(0), task.y_tr.unsqueeze(0), task.x_tr.device, "task")
 
+    # Examples of D^tr in the trial forward pass of the checks (a prototype learner needs two).
+    trial_examples = 1
+
     def _check_pair(self, params: Params, x: torch.Tensor, y: torch.Tensor, device, what: str) -> None:
+        """θ against one set's inputs x and labels y [tasks, examples, ...]: not empty, the same device
+        and dtype, and, once per new input shape, a small forward pass whose output
+        :meth:`_check_output` checks against the labels (torch's own shape errors name no set)."""
         if not params:
             raise ValueError("θ is empty: it must hold the network's parameters (see init_params).")
         p = next(iter(params.values()))
@@ -177,16 +183,20 @@ class NetworkLearner(Learner):
         if x.is_floating_point() and x.dtype != p.dtype:
             raise ValueError(f"the {what} holds {x.dtype} inputs but θ is {p.dtype}; "
                              "use batch.to(device, dtype=...) to match.")
-        key = (tuple(x.shape[2:]), tuple(y.shape[2:]), y.dtype, p.dtype, p.device)
+        key = (tuple(x.shape[2:]), y.dim(), tuple(y.shape[2:]), y.dtype, p.dtype, p.device)
         if key in self._checked:
             return
-        # One small forward pass per new input shape: torch's own shape errors name no task or set.
         with torch.no_grad():
             try:
-                out = forward(self.net, {k: v.detach() for k, v in params.items()}, x[0, :1])
+                out = forward(self.net, {k: v.detach() for k, v in params.items()}, x[0, :self.trial_examples])
             except RuntimeError as err:
                 raise ValueError(f"{type(self.net).__name__} cannot read inputs of shape {tuple(x.shape[2:])} "
                                  f"(the {what}'s D^tr x is {tuple(x.shape)}, [tasks, examples, ...]): {err}") from None
+        self._check_output(out, x, y, what)
+        self._checked.add(key)
+
+    def _check_output(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+        """The trial output against the labels, as the loss needs them."""
         if self.loss_kind == "mse" and out.shape[1:] != y.shape[2:]:
             raise ValueError(f"the network predicts {tuple(out.shape[1:])} per example but the {what}'s targets "
                              f"are {tuple(y.shape[2:])} (y {tuple(y.shape)}); they must agree for the squared error.")
@@ -197,7 +207,6 @@ class NetworkLearner(Learner):
             if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[-1]):
                 raise ValueError(f"labels must lie in 0..{out.shape[-1] - 1} (the network has {out.shape[-1]} "
                                  f"outputs), got {int(y.min())}..{int(y.max())}.")
-        self._checked.add(key)
 
 
 def apply_gradients(theta: Params, grads: Params) -> None:

@@ -188,33 +188,17 @@ class ProtoNet(NetworkLearner):
         return "try a smaller outer learning rate β (the prototypes have no inner rate to tune)."
 
     # --- checks -----------------------------------------------------------------------------------------
-    def _check_pair(self, params: Params, x: torch.Tensor, y: torch.Tensor, device, what: str) -> None:
-        """The network's checks of inputs and θ, then the labels as a prototype classifier needs them:
-        integer class indices, every query's label among its task's support labels."""
-        if not params:
-            raise ValueError("θ is empty: it must hold the embedding network's parameters (see init_params).")
-        p = next(iter(params.values()))
-        if device != p.device:
-            raise ValueError(f"the {what} is on {device} but θ is on {p.device}; move one with .to().")
-        if x.is_floating_point() and x.dtype != p.dtype:
-            raise ValueError(f"the {what} holds {x.dtype} inputs but θ is {p.dtype}; "
-                             "use batch.to(device, dtype=...) to match.")
+    trial_examples = 2  # an embedding must keep its examples apart: [2, ...] -> [2, D]
+
+    def _check_output(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+        """The labels as a prototype classifier needs them (integer class indices), and an embedding
+        per example."""
         if y.is_floating_point() or y.dim() != 2:
             raise ValueError(f"prototypical networks need integer class labels [tasks, examples], got {y.dtype} "
                              f"{tuple(y.shape)}.")
-        key = (tuple(x.shape[2:]), p.dtype, p.device)
-        if key in self._checked:
-            return
-        with torch.no_grad():
-            try:
-                out = forward(self.net, {k: v.detach() for k, v in params.items()}, x[0, :2])
-            except RuntimeError as err:
-                raise ValueError(f"{type(self.net).__name__} cannot embed inputs of shape {tuple(x.shape[2:])} "
-                                 f"(the {what}'s D^tr x is {tuple(x.shape)}, [tasks, examples, ...]): {err}") from None
         if out.dim() < 2 or out.shape[0] != min(2, x.shape[1]):
             raise ValueError(f"{type(self.net).__name__} must map [examples, ...] inputs to [examples, D] "
                              f"embeddings, got {tuple(out.shape)} for {min(2, x.shape[1])} examples.")
-        self._checked.add(key)
 
     def check_batch(self, params: Params, batch: TaskBatch) -> None:
         super().check_batch(params, batch)
