@@ -70,11 +70,20 @@ class _Table:
         return self.text
 
 
+class _Text(str):
+    """A string glued for ``{glue:}`` and ``{glue:text}``: its plain-text form is the string itself,
+    where a bare ``str`` would be glued as its ``repr``, and the book would show the quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def glue(name: str, value, display: bool = True) -> None:
     """Glue ``value`` under ``name`` for the book (a string holding a Markdown table is glued as
     Markdown too); without myst-nb, also show a hidden figure or table in the cell's output unless
     the outputs are made for the book."""
-    value = _Table(value) if _is_table(value) else value
+    if isinstance(value, str) and not isinstance(value, _Text):
+        value = _Table(value) if _is_table(value) else _Text(value)
     myst = _myst_glue()
     (myst or _record)(name, value, display=display)
     if (myst is None and not display and os.environ.get("MLCOURSE_BOOK_OUTPUTS") != "1"

@@ -52,3 +52,21 @@ def test_the_checker_knows_a_numbered_figure():
 def test_every_figure_has_a_number_and_a_caption(page):
     problems = unnumbered_images(page.read_text())
     assert not problems, f"{page.name}: images outside a numbered, captioned figure:\n  " + "\n  ".join(problems)
+
+
+def quoted_glue(html: str) -> list[str]:
+    """Glued values shown with the quotes of a Python string's repr (a str glued as itself)."""
+    from bs4 import BeautifulSoup
+
+    spans = BeautifulSoup(html, "html.parser").select("span.output.text_plain")
+    return [s.get_text() for s in spans if s.get_text()[:1] in "'\"‘“" and s.get_text()[-1:] in "'\"’”"]
+
+
+def test_the_checker_knows_a_quoted_glue():
+    assert quoted_glue('<span class="output text_plain">‘3 of the 4’</span>') == ["‘3 of the 4’"]
+    assert quoted_glue('<span class="output text_plain">0.041</span>') == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_no_glued_value_shows_quotes(page):
+    assert quoted_glue(page.read_text()) == []

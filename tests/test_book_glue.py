@@ -90,3 +90,12 @@ def test_a_markdown_table_is_glued_as_markdown_and_as_text():
     assert "text/markdown" not in plain
     assert book._is_table(TABLE) and book._is_table(f"```{{table}} A caption.\n:name: t\n\n{TABLE}\n```")
     assert not book._is_table("far below") and not book._is_table(0.5)
+
+
+def test_a_glued_string_reads_without_quotes(without_myst, shown):
+    """{glue:} shows a value's text/plain: for a string that must be the string, not its repr."""
+    book.glue("ch00-s", "3 of the 4", display=False)
+    (bundle, kwargs), = shown
+    assert bundle[book.GLUE_PREFIX + "text/plain"] == "3 of the 4"
+    book.glue("ch00-t", "it's 'quoted'", display=False)
+    assert shown[-1][0][book.GLUE_PREFIX + "text/plain"] == "it's 'quoted'"
