@@ -139,7 +139,7 @@ chapters: $(COLAB)/env/.installed colab-wheel
 	  "mlcourse[rl] @ $$wheel"; \
 	$(UV) pip check --python $(COLAB_PY); \
 	rm -rf $(QUICK)/executed; cd "$$(mktemp -d)"; \
-	MLCOURSE_QUICK=1 $(abspath $(COLAB_PY)) $(abspath .ci/run_chapters.py) --jobs $(JOBS) --timeout 180 --cwd . \
+	MLCOURSE_QUICK=1 $(abspath $(COLAB_PY)) $(abspath .ci/run_chapters.py) --jobs $(JOBS) --timeout 180 --stall 60 --cwd . \
 	  --colab-install "$$wheel" --out $(abspath $(QUICK)/executed) $(abspath $(wildcard chapters/*.ipynb))
 
 # The package's command-line tools that write files, run from the Colab-like environment.

@@ -1,6 +1,6 @@
 """Execute chapter notebooks as "Run all" does, a few at a time, and keep the executed copies.
 
-    python .ci/run_chapters.py --out DIR [--jobs 2] [--cwd DIR] [--colab-install REQ] chapters/*.ipynb
+    python .ci/run_chapters.py --out DIR [--jobs 2] [--cwd DIR] [--colab-install REQ] [--stall S] chapters/*.ipynb
 
 Each notebook runs top to bottom in a fresh kernel of the Python that runs this script; the first
 error stops that notebook, and the run fails with the chapter, the cell and the traceback. The
@@ -12,6 +12,8 @@ one (.ci/colab-constraints.txt).
 --cwd: the folder a notebook runs in (default: the notebook's own folder, as Jupyter Book does).
     With --cwd, every notebook gets its own empty folder under it, as on Colab where no
     repository files lie beside the notebook.
+--stall: a kernel that uses no CPU for this many seconds while a cell runs is stopped and the
+    chapter run again (see STALL_SECONDS).
 --colab-install: run the Colab set-up cell as on Colab: `google.colab` is made importable for
     the kernel and the cell's `git+<repository>@<tag>` is replaced by REQ (a built wheel), so the
     cell's own `pip install` line is what installs the package.
@@ -83,9 +85,9 @@ class StallWatch(threading.Thread):
     """Kills the kernel of ``client`` when its process tree uses no CPU for STALL_SECONDS, so that
     nbclient reports a dead kernel at once instead of waiting for the cell's timeout."""
 
-    def __init__(self, client):
+    def __init__(self, client, limit: float):
         super().__init__(daemon=True)
-        self.client, self.fired, self.done = client, False, threading.Event()
+        self.client, self.limit, self.fired, self.done = client, limit, False, threading.Event()
 
     def _pid(self):
         provisioner = getattr(getattr(self.client, "km", None), "provisioner", None)
@@ -101,7 +103,7 @@ class StallWatch(threading.Thread):
                 continue
             if last_cpu is None or cpu - last_cpu > 0.5:
                 last_cpu, last_change = cpu, time.monotonic()
-            elif time.monotonic() - last_change > STALL_SECONDS:
+            elif time.monotonic() - last_change > self.limit:
                 self.fired = True
                 os.kill(pid, signal.SIGKILL)
                 return
@@ -114,7 +116,8 @@ def colab_setup(source: str, requirement: str) -> str:
     return FAKE_COLAB + re.sub(r'RELEASE = "git\+\S+"', f'RELEASE = "{requirement}"', source)
 
 
-def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, timeout: int) -> float:
+def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, timeout: int,
+        stall: int | None = None) -> float:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -132,7 +135,7 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
         """Run the notebook; True when it ran, False when its kernel stalled and was stopped."""
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
                                 record_timing=False)
-        watch = StallWatch(client)
+        watch = StallWatch(client, stall or STALL_SECONDS)
         if sys.platform.startswith("linux"):
             watch.start()
         try:
@@ -154,7 +157,7 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
                 # The kernel stopped answering with a cell done (see STALL_SECONDS): run again.
                 if attempt == ATTEMPTS:
                     raise ChapterFailed(f"{path.name}: its kernel stalled {ATTEMPTS} times (no CPU used for "
-                                        f"{STALL_SECONDS} s while a cell ran)")
+                                        f"{stall or STALL_SECONDS} s while a cell ran)")
                 print(f"{path.name}: its kernel stalled; running the chapter again in a new kernel", flush=True)
             except CellTimeoutError:
                 # A kernel can also go idle with its cell done while the client is never told: start
@@ -190,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--colab-install", default=None, metavar="REQ",
                         help="run the set-up cell as on Colab, installing REQ")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed for one cell")
+    parser.add_argument("--stall", type=int, default=STALL_SECONDS,
+                        help="seconds without CPU use in a running cell after which its kernel is restarted")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.notebooks if not p.is_file()]
     if missing:
@@ -218,7 +223,8 @@ def main(argv=None) -> int:
         while queue or running:
             while queue and len(running) < workers and not failures:
                 path = queue.pop(0)
-                running[pool.submit(run, path, args.out, args.cwd, args.colab_install, args.timeout)] = path
+                running[pool.submit(run, path, args.out, args.cwd, args.colab_install, args.timeout,
+                                     args.stall)] = path
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

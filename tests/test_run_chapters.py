@@ -59,6 +59,6 @@ def test_a_stalled_kernel_is_stopped_and_the_chapter_run_again(runner, tmp_path,
     began = time.monotonic()
     # The cell uses no CPU for far longer than the stall limit; the cell's own timeout is 600 s.
     with pytest.raises(runner.ChapterFailed, match="stalled 2 times"):
-        runner.run(notebook(tmp_path, "import time; time.sleep(120)"), out, None, None, timeout=600)
+        runner.run(notebook(tmp_path, "import time; time.sleep(120)"), out, None, None, timeout=600, stall=5)
     assert time.monotonic() - began < 60
     assert "running the chapter again" in capsys.readouterr().out
