@@ -122,6 +122,7 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+    stall = stall or STALL_SECONDS
     nb = nbformat.read(path, as_version=4)
     if requirement:
         first = nb.cells[0]
@@ -135,7 +136,7 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
         """Run the notebook; True when it ran, False when its kernel stalled and was stopped."""
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
                                 record_timing=False)
-        watch = StallWatch(client, stall or STALL_SECONDS)
+        watch = StallWatch(client, stall)
         if sys.platform.startswith("linux"):
             watch.start()
         try:
@@ -157,7 +158,7 @@ def run(path: Path, out: Path, cwd_root: Path | None, requirement: str | None, t
                 # The kernel stopped answering with a cell done (see STALL_SECONDS): run again.
                 if attempt == ATTEMPTS:
                     raise ChapterFailed(f"{path.name}: its kernel stalled {ATTEMPTS} times (no CPU used for "
-                                        f"{stall or STALL_SECONDS} s while a cell ran)")
+                                        f"{stall} s while a cell ran)")
                 print(f"{path.name}: its kernel stalled; running the chapter again in a new kernel", flush=True)
             except CellTimeoutError:
                 # A kernel can also go idle with its cell done while the client is never told: start

@@ -20,7 +20,6 @@ def runner(monkeypatch):
     spec = importlib.util.spec_from_file_location("run_chapters", ROOT / ".ci" / "run_chapters.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "STALL_SECONDS", 6)
     monkeypatch.setattr(module, "POLL_SECONDS", 1)
     return module
 
