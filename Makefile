@@ -154,7 +154,7 @@ book-quick: $(VENV)/.installed $(VENDOR)/.fetched
 	MLCOURSE_QUICK=1 $(JB) build . -W --keep-going --path-output $(QUICK)
 
 browser: $(VENV)/.installed browser-installed
-	MLCOURSE_BOOK_HTML=$(abspath $(QUICK_HTML)) $(PY) -m pytest -m browser tests
+	MLCOURSE_BOOK_HTML=$(abspath $(QUICK_HTML)) $(PY) -m pytest -n $(JOBS) --dist load -m browser tests
 
 browser-installed:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || { \

@@ -104,6 +104,16 @@ def _check_page(browser, server, page_path):
     return problems, {"math": has_math, "images": images, "widgets": widget_views}
 
 
+def _open(page, url):
+    """Go to ``url`` and wait until its layout is final: every resource of the load event, then the
+    math typeset (MathJax changes the widths) and any embedded widget drawn. The offline check waits for the network to be idle
+    instead, to see late requests fail; the other checks only need the finished page."""
+    page.goto(url, wait_until="load")
+    page.evaluate("window.MathJax && window.MathJax.startup ? window.MathJax.startup.promise.then(() => true) : true")
+    if page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count():
+        page.wait_for_selector(".widget-slider, .jupyter-widgets", timeout=15_000)
+
+
 def test_book_has_pages():
     _book()
     assert "book/intro.html" in PAGES and any(p.startswith("chapters/") for p in PAGES)
@@ -140,7 +150,7 @@ def _phone_page(browser, server, page_path):
     context = browser.new_context(**PHONE)
     context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(server) else r.abort())
     page = context.new_page()
-    page.goto(f"{server}/{page_path}", wait_until="networkidle")
+    _open(page, f"{server}/{page_path}")
     return context, page
 
 
@@ -215,7 +225,7 @@ def test_animation_buttons_all_show_an_icon(browser, server):
     page = context.new_page()
     checked = 0
     for page_path in pages:
-        page.goto(f"{server}/{page_path}", wait_until="networkidle")
+        _open(page, f"{server}/{page_path}")
         buttons = page.locator(".animation button")
         if buttons.count() == 0:
             continue
@@ -237,12 +247,12 @@ def test_launch_buttons_only_on_chapters(browser, server):
     context = browser.new_context()
     context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(server) else r.abort())
     page = context.new_page()
-    page.goto(f"{server}/chapters/01_tasks.html", wait_until="networkidle")
+    _open(page, f"{server}/chapters/01_tasks.html")
     colab = page.locator(".dropdown-launch-buttons a[href*='colab.research.google.com']")
     assert colab.count() == 1
     assert "/blob/colab/chapters/01_tasks.ipynb" in colab.get_attribute("href")
     for other in ("book/intro.html", "book/results.html", "book/how_to_use.html"):
-        page.goto(f"{server}/{other}", wait_until="networkidle")
+        _open(page, f"{server}/{other}")
         assert page.locator(".dropdown-launch-buttons").count() == 0, f"{other} offers to launch a notebook"
     context.close()
 
