@@ -27,22 +27,32 @@ from .checks import check_count
 Params = dict[str, torch.Tensor]
 
 
-class MLP(nn.Module):
-    """A fully connected ReLU network; ``MLP()`` is the 1-40-40-1 network of Finn et al. (2017)."""
+ACTIVATIONS = {"relu": (nn.ReLU, torch.relu), "tanh": (nn.Tanh, torch.tanh)}
 
-    def __init__(self, sizes=(1, 40, 40, 1)):
+
+class MLP(nn.Module):
+    """A fully connected network; ``MLP()`` is the 1-40-40-1 ReLU network of Finn et al. (2017).
+
+    activation: "relu" or "tanh". A tanh network's loss is smooth everywhere, which iMAML's
+    implicit gradient assumes; a ReLU network's loss has kinks, where an inner solver can stall."""
+
+    def __init__(self, sizes=(1, 40, 40, 1), activation: str = "relu"):
         super().__init__()
         if len(sizes) < 2:
             raise ValueError(f"sizes needs an input and an output size, got {sizes!r}.")
         for s in sizes:
             check_count("layer size", s)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}.")
+        module, self._activation = ACTIVATIONS[activation]
         layers = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
+                layers.append(module())
         self.layers = nn.Sequential(*layers)
         self.sizes = tuple(sizes)
+        self.activation = activation
 
     def forward(self, x):
         return self.layers(x)
@@ -59,7 +69,7 @@ class MLP(nn.Module):
             w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
             x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
             if j < len(linear) - 1:
-                x = torch.relu(x)
+                x = self._activation(x)
         return x
 
 

@@ -19,6 +19,19 @@ def test_conv4_shapes(downsample, size):
     assert sum(isinstance(m, nn.Conv2d) for m in net.modules()) == 4
 
 
+@pytest.mark.parametrize("activation,expected", [("relu", torch.relu), ("tanh", torch.tanh)])
+def test_the_task_batched_forward_is_the_per_task_forward(activation, expected):
+    net = MLP((1, 6, 5, 2), activation=activation).double()
+    theta = {k: torch.randn(3, *v.shape, dtype=torch.float64) for k, v in init_params(net, "cpu").items()}
+    x = torch.randn(3, 4, 1, dtype=torch.float64)
+    batched = net.forward_tasks(theta, x)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], forward(net, {k: v[i] for k, v in theta.items()}, x[i]))
+    w, b = theta["layers.0.weight"][0], theta["layers.0.bias"][0]
+    hidden = expected(x[0] @ w.T + b)
+    torch.testing.assert_close(hidden, net.layers[1](x[0] @ w.T + b))
+
+
 def test_forward_uses_the_given_parameters_not_the_modules():
     net = MLP((2, 3, 1))
     theta = {k: torch.zeros_like(v) for k, v in init_params(net, "cpu").items()}
@@ -49,6 +62,7 @@ def test_stateful_networks_are_refused():
 @pytest.mark.parametrize("make,message", [
     (lambda: MLP((1,)), "needs an input and an output size"),
     (lambda: MLP((1, 0, 1)), "layer size must be an int >= 1, got 0"),
+    (lambda: MLP(activation="sigmoid"), r"activation must be one of \('relu', 'tanh'\), got 'sigmoid'"),
     (lambda: Conv4(downsample="avg"), "downsample must be 'maxpool' or 'stride'"),
     (lambda: Conv4(image_size=8), "too small"),
 ])
