@@ -71,3 +71,12 @@ def test_largest_curvature_is_the_top_eigenvalue_of_each_tasks_hessian():
         eigenvalues = torch.linalg.eigvalsh(h)
         top = eigenvalues[eigenvalues.abs().argmax()]  # power iteration finds the largest in magnitude
         torch.testing.assert_close(found[i], top, rtol=1e-3, atol=1e-6)
+
+
+def test_inner_solvers_stall_on_the_relu_network_and_not_on_the_tanh_one():
+    stall = experiments.inner_stall(steps=(30, 300), tasks=8)
+    assert set(stall) == {(a, s) for a in ("relu", "tanh") for s in ("monotone", "accelerated")}
+    assert all(len(v) == 2 for v in stall.values())
+    relu, tanh = stall["relu", "accelerated"][-1], stall["tanh", "accelerated"][-1]
+    assert tanh < relu / 10 and stall["tanh", "monotone"][-1] < stall["tanh", "monotone"][0] / 3
+    assert min(stall["relu", "monotone"]) > 0.05   # ten times the steps, still far from stationary

@@ -132,21 +132,23 @@ def imaml_omniglot(settings: OmniglotSettings, device) -> dict:
 class ManyStepsSettings(Settings):
     """iMAML against MAML where more adaptation pays: sinusoids with MAML's α = 0.01, where MAML's
     error after adaptation keeps falling as its inner steps grow (the book's experiment; the paper
-    has no sinusoid experiment). λ = 4 ≈ 1/(kα) for the long MAML run's
-    25 steps of 0.01, so that both adapt about as far. iMAML solves its inner problem with the
-    monotone solver (per-task steps, never raising the objective) for 100 steps: with λ = 4 the
-    flat directions close a fraction λ·step per step, so many steps are needed, and its memory
-    does not grow with them. CG gets 10 iterations, twice the paper's 5, because I + H/λ is worse
-    conditioned at this λ than at the paper's λ = 2 with damping. MAML runs with one step, with
-    the most steps that fit in iMAML's measured memory, and with ``maml_steps``."""
+    has no sinusoid experiment). Both methods use the 1-40-40-1 MLP with tanh units: iMAML's
+    implicit gradient assumes a smooth training loss, and on the ReLU network the inner solvers
+    stall at its kinks (:func:`inner_stall` measures it). iMAML solves its inner problem with the
+    accelerated solver (Nesterov momentum, per-task steps, restarts) for 100 steps at λ = 1, a
+    weaker pull than MAML's 25 steps of 0.01 exert (λ ≈ 1/(kα) = 4), so its φ_i may move further;
+    its memory does not grow with the steps. CG gets 10 iterations, twice the paper's 5, because
+    I + H/λ is worse conditioned at λ = 1 than at the paper's λ = 2 with damping. MAML runs with
+    one step, with the most steps that fit in iMAML's measured memory, and with ``maml_steps``."""
 
     tasks: int = 25
     shots: int = 10
+    activation: str = "tanh"
     maml_lr: float = 0.01          # α of Finn et al. (2017)
     maml_steps: int = 25           # the long MAML run
-    lam: float = 4.0               # λ ≈ 1/(maml_steps · maml_lr)
-    inner_solver: str = "monotone"
-    inner_lr: float = 0.01         # the monotone solver's first step
+    lam: float = 1.0               # λ
+    inner_solver: str = "accelerated"
+    inner_lr: float = 0.01         # the adaptive solver's first step
     inner_steps: int = 100
     cg_steps: int = 10
     outer_lr: float = 1e-3         # β, Adam
@@ -162,9 +164,30 @@ def many_steps_learners(settings: ManyStepsSettings):
     """(iMAML, a function k ↦ MAML with k steps of α) on the sinusoid MLP."""
     from ..meta.maml import MAML
     s = settings
-    imaml = IMAML(MLP(), "mse", lam=s.lam, inner_lr=s.inner_lr, inner_steps=s.inner_steps,
+    imaml = IMAML(MLP(activation=s.activation), "mse", lam=s.lam, inner_lr=s.inner_lr, inner_steps=s.inner_steps,
                   inner_solver=s.inner_solver, cg_steps=s.cg_steps, on_cg_failure="ignore")
-    return imaml, lambda k: MAML(MLP(), "mse", inner_lr=s.maml_lr, inner_steps=k)
+    return imaml, lambda k: MAML(MLP(activation=s.activation), "mse", inner_lr=s.maml_lr, inner_steps=k)
+
+
+def inner_stall(activations=("relu", "tanh"), steps=(100, 1000), lam: float = 1.0, tasks: int = 25,
+                shots: int = 10, seed: int = 0) -> dict:
+    """How far each solver gets on the inner problem of a freshly initialised sinusoid MLP, by
+    activation: {(activation, solver): [median inner gradient norm after each of ``steps``]}. On
+    the ReLU network the norms stop falling (the minimiser sits on kinks, where the gradient jumps);
+    on the tanh network they keep falling."""
+    batch = SinusoidFamily().sample(tasks, shots, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for activation in activations:
+        for solver in ("monotone", "accelerated"):
+            norms = []
+            for k in steps:
+                torch.manual_seed(seed)
+                learner = IMAML(MLP(activation=activation), "mse", lam=lam, inner_lr=0.01, inner_steps=k,
+                                inner_solver=solver, on_cg_failure="ignore")
+                with torch.no_grad():
+                    norms.append(float(learner.solve_inner(learner.init_params("cpu"), batch)[1].median()))
+            out[activation, solver] = norms
+    return out
 
 
 def meta_gradient_cost(learner, batch, device, repeats: int = 3) -> tuple[float, int | None]:
