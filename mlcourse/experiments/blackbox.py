@@ -86,7 +86,7 @@ class SequenceSettings(Settings):
     one_shot_queries: int = 5                    # queries per class of the 5-way 1-shot evaluation
 
     SCALES = {
-        "book": {"episodes": 4_000, "transformer_episodes": 16_000, "encoder": "mlp", "key_strength": True,
+        "book": {"episodes": 4_000, "transformer_episodes": 64_000, "encoder": "mlp", "key_strength": True,
                  "learning_rate": 3e-3, "warmup": 30, "cosine": True, "max_grad_norm": 1.0,
                  "test_episodes": 500, "eval_every": 100, "eval_episodes": 100},
         "quick": {"episodes": 32, "transformer_episodes": 64, "encoder": "mlp", "key_strength": True,
