@@ -106,8 +106,9 @@ def _check_page(browser, server, page_path):
 
 def _open(page, url):
     """Go to ``url`` and wait until its layout is final: every resource of the load event, then the
-    math typeset (MathJax changes the widths) and any embedded widget drawn. The offline check waits for the network to be idle
-    instead, to see late requests fail; the other checks only need the finished page."""
+    math typeset (MathJax changes the widths) and any embedded widget drawn. The offline check
+    waits for the network to be idle instead, to see late requests fail; the others need only the
+    finished page."""
     page.goto(url, wait_until="load")
     page.evaluate("window.MathJax && window.MathJax.startup ? window.MathJax.startup.promise.then(() => true) : true")
     if page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count():

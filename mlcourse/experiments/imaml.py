@@ -173,7 +173,7 @@ def inner_stall(activations=("relu", "tanh"), steps=(100, 1000), lam: float = 1.
                 shots: int = 10, seed: int = 0) -> dict:
     """How far each solver gets on the inner problem of a freshly initialised sinusoid MLP, by
     activation: {(activation, solver): [median inner gradient norm after each of ``steps``]}. On
-    the ReLU network the norms stop falling (the minimiser sits on kinks, where the gradient jumps);
+    the ReLU network the norms stop falling (across a kink the gradient jumps, so it stays up);
     on the tanh network they keep falling."""
     batch = SinusoidFamily().sample(tasks, shots, generator=torch.Generator().manual_seed(seed))
     out = {}
